@@ -1,0 +1,54 @@
+"""Typed shapes of the decoded input events (as fastavro returns them).
+
+Times are integers in epoch milliseconds everywhere in the domain code; the Avro
+decoder reads ``timestamp-millis`` fields as plain longs for that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+Family = Literal["send", "bounce", "retry"]
+SendKind = Literal["relayed", "delivered"]
+BounceKind = Literal["sync", "async", "complaint"]
+RetryKind = Literal["deferred", "expired"]
+
+
+class _Common(TypedDict):
+    event_id: str
+    event_time: int  # epoch ms
+    delivery_id: str
+    message_id: str
+    recipient: str
+
+
+class SendEvent(_Common):
+    kind: SendKind
+    validity_seconds: NotRequired[int | None]
+    sending_ip: NotRequired[str | None]
+    mx_host: NotRequired[str | None]
+    campaign_id: NotRequired[str | None]
+
+
+class BounceEvent(_Common):
+    kind: BounceKind
+    smtp_code: NotRequired[int | None]
+    enhanced_status: NotRequired[str | None]
+    diagnostic: NotRequired[str | None]
+    mx_host: NotRequired[str | None]
+    sending_ip: NotRequired[str | None]
+    attempt: NotRequired[int | None]
+
+
+class RetryEvent(_Common):
+    kind: RetryKind
+    attempt: NotRequired[int | None]
+    next_attempt_time: NotRequired[int | None]  # epoch ms
+    smtp_code: NotRequired[int | None]
+    enhanced_status: NotRequired[str | None]
+    diagnostic: NotRequired[str | None]
+    mx_host: NotRequired[str | None]
+    sending_ip: NotRequired[str | None]
+
+
+InputEvent = SendEvent | BounceEvent | RetryEvent
