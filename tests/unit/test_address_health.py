@@ -1,0 +1,337 @@
+"""Address health (quarantine) state machine: rules, bounds, order independence."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.domain.address_health import (
+    DENYLISTED,
+    QUARANTINED,
+    VALID,
+    WITH_ERRORS,
+    AddressState,
+    AddressView,
+    QuarantinePolicy,
+    apply,
+    view,
+)
+from streams.domain.types import Qualification
+
+H = 3_600_000
+DAY = 24 * H
+T0 = 1_700_000_000_000
+POLICY = QuarantinePolicy()
+
+MAILBOX_FULL = Qualification("soft", "Mailbox full", 1, "r-mailbox-full")
+REFUSED = Qualification("soft", "Refused", 2, "r-refused")
+UNDEF = Qualification("undefined", "Undefined", 3, "r-undef")
+RATE = Qualification("soft", "Refused", 2, "r-rate", rate_limit=True)
+HARD = Qualification("hard", "User unknown", 10, "r-user-unknown")
+HARD2 = Qualification("hard", "Invalid domain", 11, "r-invalid-domain")
+IGNORED = Qualification("ignored", "Out of office", 40, "r-ooo")
+
+_ids = itertools.count()
+
+
+def ev(kind: str, t: int, eid: str | None = None, **kw: object) -> dict:
+    return {
+        "event_id": eid or f"e{next(_ids)}",
+        "event_time": t,
+        "delivery_id": "d1",
+        "message_id": "m1",
+        "recipient": "someone@example.com",
+        "kind": kind,
+        **kw,
+    }
+
+
+Step = tuple[str, dict, Qualification | None]
+
+
+def soft(t: int, q: Qualification = REFUSED, **kw: object) -> Step:
+    return ("bounce", ev("sync", t, **kw), q)
+
+
+def hard(t: int, q: Qualification = HARD, kind: str = "sync") -> Step:
+    return ("bounce", ev(kind, t), q)
+
+
+def success(t: int) -> Step:
+    return ("send", ev("delivered", t), None)
+
+
+def complaint(t: int) -> Step:
+    return ("bounce", ev("complaint", t), None)
+
+
+def run(*steps: Step, policy: QuarantinePolicy = POLICY) -> AddressState:
+    state = None
+    for family, event, q in steps:
+        state = apply(state, family, event, q, policy)
+    assert state is not None
+    return state
+
+
+def at(state: AddressState, now: int) -> AddressView:
+    return view(state, now)
+
+
+# --- rules ---------------------------------------------------------------------------
+
+
+def test_relay_keeps_the_address_valid_and_stores_nothing() -> None:
+    s = run(("send", ev("relayed", T0), None))
+    assert at(s, T0).state == VALID
+    assert s.entries == ()
+
+
+def test_hard_error_quarantines_at_once_and_keeps_the_first_reason() -> None:
+    s = run(hard(T0), hard(T0 + H, HARD2, kind="async"))
+    v = at(s, T0 + H)
+    assert (v.state, v.reason, v.quarantined_at) == (QUARANTINED, "User unknown", T0)
+    assert v.lifts_at is None
+
+
+def test_soft_error_counts_only_24h_after_the_last_counted_one() -> None:
+    s = run(soft(T0))
+    assert (at(s, T0).state, at(s, T0).error_count) == (WITH_ERRORS, 1)
+    s = apply(s, *soft(T0 + 23 * H, MAILBOX_FULL), POLICY)
+    v = at(s, T0 + 23 * H)
+    assert (v.error_count, v.reason, v.last_error_at) == (1, "Mailbox full", T0 + 23 * H)
+    s = apply(s, *soft(T0 + 24 * H), POLICY)
+    assert at(s, T0 + 24 * H).error_count == 2
+
+
+def test_fifth_counted_soft_error_quarantines() -> None:
+    s = run(*(soft(T0 + i * DAY) for i in range(4)))
+    assert (at(s, T0 + 3 * DAY).state, at(s, T0 + 3 * DAY).error_count) == (WITH_ERRORS, 4)
+    s = apply(s, *soft(T0 + 4 * DAY, UNDEF), POLICY)
+    v = at(s, T0 + 4 * DAY)
+    assert (v.state, v.error_count, v.reason, v.quarantined_at) == (
+        QUARANTINED,
+        5,
+        "Undefined",
+        T0 + 4 * DAY,
+    )
+
+
+def test_count_resets_after_ten_days_without_error() -> None:
+    # The uncounted error at +12 h pushes the reset to +12 h + 10 days.
+    s = run(soft(T0), soft(T0 + 12 * H))
+    assert at(s, T0 + 12 * H + 10 * DAY - 1).state == WITH_ERRORS
+    v = at(s, T0 + 12 * H + 10 * DAY)
+    assert (v.state, v.error_count, v.reason) == (VALID, 0, None)
+    # A new error after the reset counts from one again.
+    s = apply(s, *soft(T0 + 11 * DAY), POLICY)
+    assert at(s, T0 + 11 * DAY).error_count == 1
+
+
+def test_success_resets_the_count() -> None:
+    s = run(soft(T0), soft(T0 + DAY), success(T0 + DAY + H))
+    v = at(s, T0 + DAY + H)
+    assert (v.state, v.error_count, v.last_success_at) == (VALID, 0, T0 + DAY + H)
+    # After the reset the next error counts even within 24 h of the last counted one.
+    s = apply(s, *soft(T0 + DAY + 2 * H), POLICY)
+    assert at(s, T0 + DAY + 2 * H).error_count == 1
+
+
+def test_success_does_not_lift_a_quarantine() -> None:
+    s = run(hard(T0), success(T0 + H))
+    assert at(s, T0 + H).state == QUARANTINED
+
+
+def test_complaint_denylists_for_good() -> None:
+    s = run(soft(T0), complaint(T0 + H), success(T0 + 2 * H), hard(T0 + 3 * H))
+    v = at(s, T0 + 100 * DAY)
+    assert (v.state, v.reason, v.denylisted_at) == (DENYLISTED, "Complaint", T0 + H)
+
+
+def test_ignored_rate_limited_and_unqualified_replies_change_nothing() -> None:
+    s = run(
+        soft(T0, IGNORED),
+        soft(T0 + DAY, RATE),
+        ("bounce", ev("async", T0 + 2 * DAY), None),
+        ("retry", ev("deferred", T0 + 3 * DAY), IGNORED),
+    )
+    v = at(s, T0 + 3 * DAY)
+    assert (v.state, v.error_count, v.last_error_at) == (VALID, 0, None)
+    assert s.entries == ()
+
+
+def test_deferrals_and_expiries_count_as_soft_errors() -> None:
+    s = run(
+        ("retry", ev("deferred", T0, attempt=1), HARD),
+        ("retry", ev("expired", T0 + DAY), None),
+    )
+    v = at(s, T0 + DAY)
+    assert (v.state, v.error_count, v.reason) == (WITH_ERRORS, 2, "Unreachable")
+
+
+def test_mailbox_full_quarantine_lifts_after_thirty_days() -> None:
+    s = run(*(soft(T0 + i * DAY, MAILBOX_FULL) for i in range(5)))
+    q_at = T0 + 4 * DAY
+    v = at(s, q_at)
+    assert (v.state, v.lifts_at) == (QUARANTINED, q_at + 30 * DAY)
+    assert at(s, q_at + 30 * DAY - 1).state == QUARANTINED
+    v = at(s, q_at + 30 * DAY)
+    assert (v.state, v.error_count, v.quarantined_at) == (VALID, 0, None)
+    # Errors after the lift count from zero.
+    s = apply(s, *soft(q_at + 31 * DAY), POLICY)
+    assert (at(s, q_at + 31 * DAY).state, at(s, q_at + 31 * DAY).error_count) == (WITH_ERRORS, 1)
+
+
+def test_other_quarantines_do_not_lift() -> None:
+    s = run(*(soft(T0 + i * DAY, REFUSED) for i in range(5)))
+    assert at(s, T0 + 400 * DAY).state == QUARANTINED
+
+
+def test_late_success_between_errors_is_folded_in_event_time() -> None:
+    errors = [soft(T0 + i * DAY) for i in range(4)]
+    s = run(*errors, success(T0 + 2 * DAY + H))
+    # Day 0, 1, 2 counted, then the success resets, then day 3 counts once.
+    assert at(s, T0 + 3 * DAY).error_count == 1
+
+
+def test_spacing_is_evaluated_in_event_time_not_arrival() -> None:
+    a, b, c = soft(T0), soft(T0 + 20 * H), soft(T0 + 30 * H)
+    # In event time: T0 counts, +20 h is too close, +30 h counts.
+    for steps in ((a, b, c), (b, c, a), (c, a, b)):
+        assert at(run(*steps), T0 + 30 * H).error_count == 2
+
+
+def test_duplicates_are_no_ops() -> None:
+    e = soft(T0)
+    once = run(e)
+    assert run(e, e, e) == once
+
+
+def test_old_entries_fold_into_the_snapshot() -> None:
+    s = run(soft(T0), soft(T0 + 16 * DAY))
+    assert [e.time for e in s.entries] == [T0 + 16 * DAY]
+    assert s.watermark is not None and s.watermark[0] == T0
+    assert (s.snapshot.state, s.snapshot.error_count) == (WITH_ERRORS, 1)
+    assert at(s, T0 + 16 * DAY).error_count == 1  # reset by the 10 days in between
+
+
+def test_events_older_than_the_watermark() -> None:
+    base = (soft(T0 + 5 * DAY), soft(T0 + 21 * DAY))
+    s = run(*base)
+    assert s.watermark is not None and s.watermark[0] == T0 + 5 * DAY
+    # A late soft error or success behind the watermark is dropped ...
+    assert run(*base, soft(T0), success(T0 + H)) == s
+    # ... a late hard error or complaint still applies.
+    s = apply(s, *hard(T0), POLICY)
+    assert (at(s, T0 + 21 * DAY).state, at(s, T0 + 21 * DAY).quarantined_at) == (QUARANTINED, T0)
+    s = apply(s, *complaint(T0 + 1), POLICY)
+    assert at(s, T0 + 21 * DAY).state == DENYLISTED
+
+
+def test_state_stays_bounded_under_long_histories() -> None:
+    s = None
+    for i in range(3000):
+        t = T0 + i * 20 * 60_000  # every 20 minutes for ~42 days
+        step = success(t) if i % 50 == 0 else soft(t, (REFUSED, MAILBOX_FULL, UNDEF)[i % 3])
+        s = apply(s, *step, POLICY)
+        assert len(s.entries) <= POLICY.max_entries
+    assert s is not None
+    assert len(json.dumps(s.to_dict())) < 6000
+    assert s.entries[-1].time == T0 + 2999 * 20 * 60_000
+
+
+def test_round_trip_through_json() -> None:
+    s = run(
+        soft(T0), soft(T0 + 16 * DAY, MAILBOX_FULL), success(T0 + 17 * DAY), hard(T0 + 18 * DAY)
+    )
+    back = AddressState.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back == s
+    v = at(s, T0 + 18 * DAY)
+    assert AddressView.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+# --- order independence ------------------------------------------------------------
+
+# Short periods so that resets, lifts and quarantines all happen within the horizon.
+FAST = QuarantinePolicy(
+    soft_spacing_s=2 * 3600,
+    soft_threshold=3,
+    reset_after_s=86_400,
+    mailbox_full_lift_s=2 * 86_400,
+    horizon_s=30 * 86_400,
+)
+ERROR_QS = st.sampled_from([MAILBOX_FULL, MAILBOX_FULL, REFUSED, UNDEF, RATE, IGNORED, None])
+
+
+@st.composite
+def address_history(draw: st.DrawFn) -> list[Step]:
+    """Messages to two addresses over ten days: relays, soft errors, successes, rare
+    hard errors and complaints, with times drawn so that many fall close together."""
+    events: list[Step] = []
+    for n in range(draw(st.integers(1, 40))):
+        t = (
+            T0
+            + draw(st.integers(0, 10 * DAY)) // H * H
+            + draw(st.sampled_from([0, 1, 30 * 60_000]))
+        )
+        recipient = draw(st.sampled_from(["a@example.com", "b@example.com"]))
+        what = draw(
+            st.sampled_from(
+                ["relayed", "delivered", "sync", "sync", "deferred", "expired", "hard", "complaint"]
+            )
+        )
+        kw: dict[str, object] = {"eid": f"x{n}", "recipient": recipient}
+        if what in ("relayed", "delivered"):
+            events.append(("send", ev(what, t, **kw), None))
+        elif what in ("deferred", "expired"):
+            events.append(("retry", ev(what, t, **kw), draw(ERROR_QS)))
+        elif what == "hard":
+            q = draw(st.sampled_from([HARD, HARD2]))
+            events.append(("bounce", ev(draw(st.sampled_from(["sync", "async"])), t, **kw), q))
+        elif what == "complaint" and draw(st.integers(0, 3)) == 0:
+            events.append(("bounce", ev("complaint", t, **kw), None))
+        else:
+            events.append(("bounce", ev("sync", t, **kw), draw(ERROR_QS)))
+    return events
+
+
+def final_views(events: list[Step], policy: QuarantinePolicy) -> dict[str, AddressView]:
+    states: dict[str, AddressState] = {}
+    for family, event, q in events:
+        r = event["recipient"]
+        states[r] = apply(states.get(r), family, event, q, policy)
+    now = max((e["event_time"] for _, e, _ in events), default=T0)
+    return {r: view(s, now) for r, s in states.items()}
+
+
+@st.composite
+def scrambled_history(draw: st.DrawFn) -> tuple[list[Step], list[Step]]:
+    events = draw(address_history())
+    arrival = list(draw(st.permutations(events)))
+    for _ in range(draw(st.integers(0, 6))):
+        arrival.insert(draw(st.integers(0, len(arrival))), draw(st.sampled_from(events)))
+    return events, arrival
+
+
+@settings(max_examples=300, deadline=None)
+@given(scrambled_history())
+def test_final_views_do_not_depend_on_order_or_duplicates(case: tuple[list, list]) -> None:
+    events, arrival = case
+    in_order = sorted(events, key=lambda e: (e[1]["event_time"], e[1]["event_id"]))
+    assert final_views(arrival, FAST) == final_views(in_order, FAST)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scrambled_history())
+def test_default_policy_is_order_independent_too(case: tuple[list, list]) -> None:
+    events, arrival = case
+    in_order = sorted(events, key=lambda e: (e[1]["event_time"], e[1]["event_id"]))
+    assert final_views(arrival, POLICY) == final_views(in_order, POLICY)
+
+
+def test_unknown_family_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        apply(None, "bogus", ev("sync", T0), REFUSED, POLICY)
