@@ -1,0 +1,230 @@
+"""The Faust application: topics and tables declared once, and the agents as thin glue.
+
+Each agent decodes, calls a step of streams/pipeline.py with its Faust tables as state,
+and sends the outputs. Bad input goes to the dead-letter topic with the reason and its
+source coordinates; the agent carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from streams.avro import Codec, DecodeError
+from streams.config import Settings
+from streams.domain.bounce_rules import load_qualifier
+from streams.domain.mx_rules import load_mx_rules
+from streams.pipeline import (
+    ControlProcessor,
+    FeedbackProcessor,
+    KpiAggregator,
+    Output,
+    signal_from_dict,
+    signal_output,
+)
+from streams.topics import INPUT_TOPICS, TOPICS
+from streams.validate import validate_event
+
+log = logging.getLogger(__name__)
+
+_AVRO_TOPICS = {spec.name: spec.schema for spec in TOPICS if spec.schema}
+TICK_INTERVAL_S = 1.0
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if settings.security_protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+@dataclass
+class Components:
+    """What the agents work with; exposed for the tests and the worker command."""
+
+    app: faust.App
+    codec: Codec
+    feedback: FeedbackProcessor
+    kpi: KpiAggregator
+    control: ControlProcessor
+    dead_letters: int = 0
+
+
+def build_app(settings: Settings) -> Components:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=settings.data_dir,
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_max_poll_interval=settings.max_poll_interval_s,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        # Tables keep JSON; every topic below says raw bytes explicitly (Avro is ours).
+        key_serializer="json",
+        value_serializer="json",
+    )
+    codec = Codec.from_settings(settings.schema_registry_url)
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+
+    topics = {spec.name: topic(spec.name) for spec in TOPICS}
+
+    def table(name: str) -> faust.Table:
+        return app.Table(name, default=None, partitions=settings.partitions)
+
+    qualifier = load_qualifier(settings.bounce_rules_file or None)
+    rules = load_mx_rules(settings.mx_rules_file or None)
+    parts = Components(
+        app=app,
+        codec=codec,
+        feedback=FeedbackProcessor(
+            table("messages"),
+            table("addresses"),
+            table("kpi-parts"),
+            qualifier,
+            signal_fn=signal_output(rules),
+        ),
+        kpi=KpiAggregator(table("kpi-sums")),
+        control=ControlProcessor(table("windows"), table("throttle-state"), rules),
+    )
+
+    async def send_outputs(outputs: list[Output]) -> None:
+        for out in outputs:
+            schema = _AVRO_TOPICS.get(out.topic)
+            value = (
+                codec.encode(schema, out.value)
+                if schema
+                else json.dumps(out.value, separators=(",", ":")).encode()
+            )
+            await topics[out.topic].send(key=out.key.encode(), value=value)
+
+    async def dead_letter(event: EventT, kind: str, reason: str) -> None:
+        parts.dead_letters += 1
+        msg = event.message
+        log.warning(
+            "dead letter from %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, kind, reason
+        )
+        record = {
+            "event_time": int(time.time() * 1000),
+            "source_topic": msg.topic,
+            "source_partition": msg.partition,
+            "source_offset": msg.offset,
+            "key": msg.key,
+            "value": msg.value,
+            "error": reason,
+            "error_kind": kind,
+        }
+        await topics["dlq"].send(key=msg.key, value=codec.encode("dlq", record))
+
+    family_of = {settings.topic(name): name for name in (*INPUT_TOPICS, "clock")}
+
+    async def guarded(event: EventT, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except DecodeError as exc:
+            await dead_letter(event, exc.kind, exc.reason)
+        except Exception as exc:  # a bug must not stop the stream: park the record
+            log.exception("processing failed at %s@%s", event.message.tp, event.message.offset)
+            await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+
+    ingest_topics = app.topic(
+        *(settings.topic(name) for name in (*INPUT_TOPICS, "clock")),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(ingest_topics, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            family = family_of[msg.topic]
+
+            async def step(family: str = family, msg: Any = msg) -> None:
+                if family == "clock":
+                    now = int(json.loads(msg.value)["now"])
+                    await send_outputs(parts.feedback.tick(now, msg.partition, msg.offset))
+                    return
+                record = codec.decode(family, msg.value)
+                validate_event(family, record)
+                outputs = parts.feedback.process(family, record, msg.partition, msg.offset)
+                await send_outputs(outputs)
+
+            await guarded(event, step)
+
+    @app.agent(topics["kpi-part"], name="kpi")
+    async def kpi(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+
+            async def step(msg: Any = msg) -> None:
+                part = json.loads(msg.value)
+                await send_outputs(parts.kpi.process(part, parts.feedback.clock, msg.offset))
+
+            await guarded(event, step)
+
+    @app.agent(topics["signal"], name="control")
+    async def control(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+
+            async def step(msg: Any = msg) -> None:
+                data = json.loads(msg.value)
+                if "now" in data:
+                    outputs = parts.control.tick(int(data["now"]), msg.partition, msg.offset)
+                else:
+                    signal = signal_from_dict(data)
+                    outputs = parts.control.process(signal, msg.partition, msg.offset)
+                await send_outputs(outputs)
+
+            await guarded(event, step)
+
+    @app.timer(TICK_INTERVAL_S)
+    async def tick() -> None:
+        # Spread this worker's event-time clock to every partition, so that validity expiry,
+        # suspensions and step-ups fire even where no event arrives.
+        if parts.feedback.clock:
+            value = json.dumps({"now": parts.feedback.clock}).encode()
+            for partition in range(settings.partitions):
+                await topics["clock"].send(value=value, partition=partition)
+                await topics["signal"].send(value=value, partition=partition)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
+        parts.feedback.reset_indexes()
+        parts.control.reset()
+
+    return parts

@@ -1,0 +1,632 @@
+"""The processing steps of the pipeline over key-value state, with no Kafka or Faust import.
+
+The Faust agents (streams/agents.py) call these with Faust tables as state; ``replay`` calls
+them with dicts. Both therefore compute the same results from the same events.
+
+Data flows one way:
+
+    input event ─► FeedbackProcessor ─► status, address (outputs)
+                          │          └─► kpi-part ─► KpiAggregator ─► kpi (output)
+                          └─► signal ─► ControlProcessor ─► reputation, throttle (outputs)
+
+Delivery is at least once. Each step stores, per key, the source offset of the input that
+last changed it; when an input at or below that offset comes again (a redelivery after a
+crash, whose state change had reached the changelog while its output may not have reached
+its topic), the step publishes the current record again with the same version. Consumers
+keep the highest version, so a repeat is harmless and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from streams.domain import address_health, message_status
+from streams.domain.address_health import AddressState, QuarantinePolicy
+from streams.domain.bounce_rules import Qualifier
+from streams.domain.delivery_kpi import KpiCounts, kpi_delta
+from streams.domain.message_status import MessageState, MessageView, ValidityPolicy
+from streams.domain.mx_rules import MxRules
+from streams.domain.reputation import (
+    KeyWindow,
+    ReputationBook,
+    ReputationRecord,
+    Signal,
+    signal_from_event,
+    signal_keys,
+)
+from streams.domain.throttle_controller import (
+    KeyState,
+    ThrottleController,
+    ThrottleSetting,
+    main_key,
+)
+from streams.domain.types import Qualification
+
+Store = MutableMapping[str, Any]
+
+_DAY_MS = 86_400_000
+
+
+class Output(NamedTuple):
+    topic: str  # logical topic name (streams.topics)
+    key: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    validity: ValidityPolicy = field(default_factory=ValidityPolicy)
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    # How long a message stays in the table after it became final (a late async bounce
+    # within this time still turns "sent" into "failed").
+    message_retention_ms: int = 7 * _DAY_MS
+    # How long a valid address with no activity is kept.
+    address_retention_ms: int = 30 * _DAY_MS
+
+
+def qualify_event(qualifier: Qualifier, family: str, event: dict[str, Any]) -> Qualification | None:
+    """Qualify a bounce or retry once; the result travels with everything derived from it."""
+    if family == "send" or event["kind"] == "complaint":
+        return None
+    if (
+        family == "retry"
+        and event["kind"] == "expired"
+        and not (event.get("smtp_code") or event.get("enhanced_status") or event.get("diagnostic"))
+    ):
+        return None
+    domain = event["recipient"].rpartition("@")[2].lower()
+    return qualifier.qualify(
+        event.get("smtp_code"),
+        event.get("enhanced_status"),
+        event.get("diagnostic"),
+        provider=event.get("mx_host") or domain,
+    )
+
+
+class _DueIndex:
+    """Per-partition min-heaps of (due time, key) with lazy deletion: the record itself
+    holds the authoritative ``due``; stale heap entries are skipped when popped."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
+
+    def push(self, partition: int, due: int | None, key: str) -> None:
+        heap = self._heaps.get(partition)
+        if heap is not None and due is not None:
+            heapq.heappush(heap, (due, key))
+
+    def pop_due(self, partition: int, now: int) -> list[str]:
+        heap = self._heaps.get(partition)
+        if heap is None:
+            # First sweep of this partition since start or rebalance: rebuild from state.
+            heap = [
+                (rec["due"], key)
+                for key, rec in self._store.items()
+                if rec.get("p") == partition and rec.get("due") is not None
+            ]
+            heapq.heapify(heap)
+            self._heaps[partition] = heap
+        keys = []
+        # Strictly before: at exactly the due time nothing has changed yet.
+        while heap and heap[0][0] < now:
+            due, key = heapq.heappop(heap)
+            rec = self._store.get(key)
+            if rec is not None and rec.get("due") == due:
+                keys.append(key)
+        return keys
+
+    def reset(self) -> None:
+        self._heaps.clear()
+
+
+def _src_with(rec: dict[str, Any] | None, family: str, offset: int) -> dict[str, int]:
+    src = dict(rec["src"]) if rec else {}
+    src[family] = offset
+    return src
+
+
+def _is_redelivery(rec: dict[str, Any] | None, family: str, offset: int) -> bool:
+    return rec is not None and offset <= rec["src"].get(family, -1)
+
+
+class FeedbackProcessor:
+    """Per input partition: message status, address health and KPI partials.
+
+    ``messages`` is keyed by message id, ``addresses`` by lower-cased address,
+    ``kpi_parts`` by ``<delivery id>|<partition>``; all three live in the partition of the
+    recipient's events (inputs are keyed by recipient), so no repartition is needed.
+    """
+
+    def __init__(
+        self,
+        messages: Store,
+        addresses: Store,
+        kpi_parts: Store,
+        qualifier: Qualifier,
+        config: PipelineConfig | None = None,
+        signal_fn: Callable[[str, dict[str, Any], Qualification | None], Output | None]
+        | None = None,
+    ) -> None:
+        self.messages = messages
+        self.addresses = addresses
+        self.kpi_parts = kpi_parts
+        self.qualifier = qualifier
+        self.config = config or PipelineConfig()
+        self.signal_fn = signal_fn
+        self.clock = 0
+        self._message_due = _DueIndex(messages)
+        self._address_due = _DueIndex(addresses)
+
+    def reset_indexes(self) -> None:
+        """Call after a rebalance: due indexes are rebuilt lazily from the tables."""
+        self._message_due.reset()
+        self._address_due.reset()
+
+    def process(
+        self, family: str, event: dict[str, Any], partition: int, offset: int
+    ) -> list[Output]:
+        self.clock = max(self.clock, event["event_time"])
+        q = qualify_event(self.qualifier, family, event)
+        out: list[Output] = []
+        self._message(family, event, q, partition, offset, out)
+        self._address(family, event, q, partition, offset, out)
+        if self.signal_fn is not None:
+            signal = self.signal_fn(family, event, q)
+            if signal is not None:
+                out.append(signal)
+        return out
+
+    def tick(self, now_ms: int, partition: int, offset: int, family: str = "clock") -> list[Output]:
+        """Advance the clock and apply what time alone changes in ``partition``: validity
+        expiry, quarantine resets and lifts, retention."""
+        self.clock = max(self.clock, now_ms)
+        out: list[Output] = []
+        for key in self._message_due.pop_due(partition, self.clock):
+            self._message_time(key, partition, offset, family, out)
+        for key in self._address_due.pop_due(partition, self.clock):
+            self._address_time(key, partition, offset, family, out)
+        return out
+
+    # -- message status -------------------------------------------------------------
+
+    def _message(
+        self,
+        family: str,
+        event: dict[str, Any],
+        q: Qualification | None,
+        partition: int,
+        offset: int,
+        out: list[Output],
+    ) -> None:
+        mid = event["message_id"]
+        rec = self.messages.get(mid)
+        old_state = MessageState.from_dict(rec["s"]) if rec else None
+        state = message_status.apply(old_state, family, event, q, self.config.validity)
+        self._publish_message(mid, rec, state, state != old_state, partition, offset, family, out)
+
+    def _message_time(
+        self, mid: str, partition: int, offset: int, family: str, out: list[Output]
+    ) -> None:
+        rec = self.messages[mid]
+        state = MessageState.from_dict(rec["s"])
+        view = message_status.view(state, self.clock)
+        if (
+            message_status.is_terminal(view)
+            and rec["view"] == view.to_dict()
+            and self.clock >= state.last_seen + self.config.message_retention_ms
+        ):
+            del self.messages[mid]
+            return
+        self._publish_message(mid, rec, state, False, partition, offset, family, out)
+
+    def _publish_message(
+        self,
+        mid: str,
+        rec: dict[str, Any] | None,
+        state: MessageState,
+        state_changed: bool,
+        partition: int,
+        offset: int,
+        family: str,
+        out: list[Output],
+    ) -> None:
+        view = message_status.view(state, self.clock)
+        old_view = MessageView.from_dict(rec["view"]) if rec else None
+        changed = view != old_view
+        if changed or state_changed:
+            version = rec["v"] + (1 if changed else 0) if rec else 1
+            due = message_status.deadline(state)
+            if due is None or message_status.is_terminal(view):
+                due = max(state.last_seen, self.clock) + self.config.message_retention_ms
+            new_rec = {
+                "s": state.to_dict(),
+                "view": view.to_dict(),
+                "v": version,
+                "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
+                "p": partition,
+                "due": due,
+            }
+            self.messages[mid] = new_rec
+            self._message_due.push(partition, due, mid)
+            if changed:
+                out.append(self._status_record(mid, state.delivery_id, view, version))
+                self._kpi(state.delivery_id, old_view, view, partition, offset, family, out)
+                return
+        if _is_redelivery(rec, family, offset):
+            assert rec is not None
+            out.append(self._status_record(mid, state.delivery_id, view, rec["v"]))
+            self._kpi_repeat(state.delivery_id, partition, out)
+
+    def _status_record(self, mid: str, delivery_id: str, view: MessageView, version: int) -> Output:
+        return Output(
+            "status",
+            mid,
+            {
+                "event_id": f"{mid}:{version}",
+                "event_time": self.clock,
+                "message_id": mid,
+                "delivery_id": delivery_id,
+                "status": view.status,
+                "failure_type": view.failure_type,
+                "failure_reason": view.failure_reason,
+                "bounce_class": view.bounce_class,
+                "rule": view.rule,
+                "attempts": view.attempts,
+                "next_attempt_time": view.next_attempt_time,
+                "version": version,
+            },
+        )
+
+    # -- delivery KPI partials ----------------------------------------------------------
+
+    def _kpi(
+        self,
+        delivery_id: str,
+        old: MessageView | None,
+        new: MessageView,
+        partition: int,
+        offset: int,
+        family: str,
+        out: list[Output],
+    ) -> None:
+        delta = kpi_delta(old, new)
+        if delta.is_zero:
+            return
+        key = f"{delivery_id}|{partition}"
+        rec = self.kpi_parts.get(key)
+        counts = KpiCounts.from_dict(rec["c"]) if rec else KpiCounts()
+        version = rec["v"] + 1 if rec else 1
+        new_rec = {"c": counts.add(delta).to_dict(), "v": version}
+        self.kpi_parts[key] = new_rec
+        out.append(self._part_record(delivery_id, partition, new_rec))
+
+    def _kpi_repeat(self, delivery_id: str, partition: int, out: list[Output]) -> None:
+        rec = self.kpi_parts.get(f"{delivery_id}|{partition}")
+        if rec is not None:
+            out.append(self._part_record(delivery_id, partition, rec))
+
+    @staticmethod
+    def _part_record(delivery_id: str, partition: int, rec: dict[str, Any]) -> Output:
+        return Output(
+            "kpi-part",
+            delivery_id,
+            {"delivery_id": delivery_id, "partition": partition, "v": rec["v"], "c": rec["c"]},
+        )
+
+    # -- address health -------------------------------------------------------------------
+
+    def _address(
+        self,
+        family: str,
+        event: dict[str, Any],
+        q: Qualification | None,
+        partition: int,
+        offset: int,
+        out: list[Output],
+    ) -> None:
+        address = event["recipient"].lower()
+        rec = self.addresses.get(address)
+        old_state = AddressState.from_dict(rec["s"]) if rec else None
+        state = address_health.apply(old_state, family, event, q, self.config.quarantine)
+        self._publish_address(
+            address, rec, state, state != old_state, partition, offset, family, out
+        )
+
+    def _address_time(
+        self, address: str, partition: int, offset: int, family: str, out: list[Output]
+    ) -> None:
+        rec = self.addresses[address]
+        state = AddressState.from_dict(rec["s"])
+        view = address_health.view(state, self.clock)
+        if (
+            view.state == address_health.VALID
+            and state.max_seen is not None
+            and self.clock >= state.max_seen + self.config.address_retention_ms
+        ):
+            del self.addresses[address]
+            return
+        self._publish_address(address, rec, state, False, partition, offset, family, out)
+
+    def _publish_address(
+        self,
+        address: str,
+        rec: dict[str, Any] | None,
+        state: AddressState,
+        state_changed: bool,
+        partition: int,
+        offset: int,
+        family: str,
+        out: list[Output],
+    ) -> None:
+        view = address_health.view(state, self.clock)
+        shown = {
+            "state": view.state,
+            "error_count": view.error_count,
+            "reason": view.reason,
+            "last_error_time": view.last_error_at,
+        }
+        changed = rec is None or shown != rec["view"]
+        if changed or state_changed:
+            version = rec["v"] + (1 if changed else 0) if rec else 1
+            due = state.resets_at if (state.resets_at or -1) >= self.clock else None
+            if due is None and view.state == address_health.VALID and state.max_seen is not None:
+                due = state.max_seen + self.config.address_retention_ms
+            self.addresses[address] = {
+                "s": state.to_dict(),
+                "view": shown,
+                "v": version,
+                "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
+                "p": partition,
+                "due": due,
+            }
+            self._address_due.push(partition, due, address)
+            if changed:
+                out.append(self._address_record(address, shown, version))
+                return
+        if _is_redelivery(rec, family, offset):
+            assert rec is not None
+            out.append(self._address_record(address, shown, rec["v"]))
+
+    def _address_record(self, address: str, shown: dict[str, Any], version: int) -> Output:
+        return Output(
+            "address",
+            address,
+            {
+                "event_id": f"{address}:{version}",
+                "event_time": self.clock,
+                "address": address,
+                **shown,
+                "version": version,
+            },
+        )
+
+
+class KpiAggregator:
+    """Sums the per-partition KPI partials of each delivery (keyed by delivery id).
+
+    Each partial carries its partition's full counts and a version, so applying one is
+    idempotent and order-tolerant: the newest version per partition wins.
+    """
+
+    def __init__(self, sums: Store) -> None:
+        self.sums = sums
+
+    def process(self, part: dict[str, Any], now_ms: int, offset: int) -> list[Output]:
+        delivery_id = part["delivery_id"]
+        rec = self.sums.get(delivery_id)
+        parts = dict(rec["parts"]) if rec else {}
+        pkey = str(part["partition"])
+        if pkey in parts and parts[pkey][0] >= part["v"]:
+            if rec is not None and offset <= rec["src"]:
+                return [self._record(delivery_id, rec, now_ms)]
+            return []
+        parts[pkey] = [part["v"], part["c"]]
+        new_rec = {"parts": parts, "v": rec["v"] + 1 if rec else 1, "src": offset}
+        self.sums[delivery_id] = new_rec
+        return [self._record(delivery_id, new_rec, now_ms)]
+
+    @staticmethod
+    def total(rec: dict[str, Any]) -> KpiCounts:
+        total = KpiCounts()
+        for _, counts in rec["parts"].values():
+            total = total + KpiCounts.from_dict(counts)
+        return total
+
+    def _record(self, delivery_id: str, rec: dict[str, Any], now_ms: int) -> Output:
+        return Output(
+            "kpi", delivery_id, kpi_record(delivery_id, self.total(rec), rec["v"], now_ms)
+        )
+
+
+def kpi_record(delivery_id: str, c: KpiCounts, version: int, now_ms: int) -> dict[str, Any]:
+    return {
+        "event_id": f"{delivery_id}:{version}",
+        "event_time": now_ms,
+        "delivery_id": delivery_id,
+        "to_deliver": c.to_deliver,
+        "taken_into_account": c.taken_into_account,
+        "sent": c.sent,
+        "failed": c.failed,
+        "failed_hard": c.failed_hard,
+        "failed_soft": c.failed_soft,
+        "pending": c.pending,
+        "bounces_errors": c.bounces_errors,
+        "success_pct": round(c.success_pct, 4),
+        "version": version,
+    }
+
+
+# -- reputation and throttle control -------------------------------------------------------
+
+
+def signal_output(
+    rules: MxRules,
+) -> Callable[[str, dict[str, Any], Qualification | None], Output | None]:
+    """The FeedbackProcessor hook that turns events into signals keyed by provider group."""
+
+    def make(family: str, event: dict[str, Any], q: Qualification | None) -> Output | None:
+        signal = signal_from_event(family, event, q, rules)  # type: ignore[arg-type]
+        if signal is None:
+            return None
+        return Output("signal", signal.group, signal_to_dict(signal))
+
+    return make
+
+
+def signal_to_dict(s: Signal) -> dict[str, Any]:
+    q = s.qualification
+    return {
+        "t": s.time_ms,
+        "id": s.event_id,
+        "domain": s.domain,
+        "group": s.group,
+        "ip": s.sending_ip,
+        "outcome": s.outcome,
+        "attempt": s.attempt,
+        "reply": s.reply,
+        "q": None
+        if q is None
+        else [q.failure_type, q.failure_reason, q.bounce_class, q.rule, q.rate_limit],
+    }
+
+
+def signal_from_dict(d: dict[str, Any]) -> Signal:
+    q = d["q"]
+    return Signal(
+        time_ms=d["t"],
+        event_id=d["id"],
+        domain=d["domain"],
+        group=d["group"],
+        sending_ip=d["ip"],
+        outcome=d["outcome"],
+        attempt=d["attempt"],
+        reply=d["reply"],
+        qualification=None if q is None else Qualification(q[0], q[1], q[2], q[3], q[4]),
+    )
+
+
+class _PartitionControl:
+    def __init__(self, rules: MxRules) -> None:
+        self.book = ReputationBook()
+        self.controller = ThrottleController(rules)
+
+
+class ControlProcessor:
+    """Rolling reputation and the throttle controller, per signal-topic partition.
+
+    Signals are keyed by provider group, so each group's windows and settings have one
+    owner. The book and controller of a partition are rebuilt from the ``windows`` and
+    ``settings`` tables the first time the partition is seen after a start or rebalance.
+    """
+
+    def __init__(self, windows: Store, settings: Store, rules: MxRules) -> None:
+        self.windows = windows
+        self.settings = settings
+        self.rules = rules
+        self._parts: dict[int, _PartitionControl] = {}
+
+    def reset(self) -> None:
+        self._parts.clear()
+
+    def _part(self, partition: int) -> _PartitionControl:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = _PartitionControl(self.rules)
+            for rec in self.windows.values():
+                if rec["p"] == partition:
+                    part.book.restore(KeyWindow.from_dict(rec["w"]))
+            for rec in self.settings.values():
+                if rec["p"] == partition:
+                    part.controller.restore(KeyState.from_dict(rec["s"]))
+        return part
+
+    def process(self, signal: Signal, partition: int, offset: int) -> list[Output]:
+        part = self._part(partition)
+        records = part.book.add(signal)
+        out = [self._reputation_record(r) for r in records]
+        for _scope, key in signal_keys(signal):
+            window = part.book.window(key)
+            if window is not None:
+                self.windows[key] = {"w": window.to_dict(), "p": partition}
+        changed = part.controller.on_signal(signal, part.book)
+        out += self._settings(part, changed, partition, offset)
+        # A redelivered signal re-publishes its keys' settings (see the module docstring).
+        _scope, main = main_key(signal)
+        for key in (main, f"ip_group:{signal.sending_ip}|{signal.group}"):
+            rec = self.settings.get(key)
+            if rec is not None and offset <= rec["src"] and key not in {s.key for s in changed}:
+                setting = part.controller.setting(key)
+                if setting is not None:
+                    out.append(throttle_output(setting))
+        return out
+
+    def tick(self, now_ms: int, partition: int, offset: int) -> list[Output]:
+        part = self._part(partition)
+        return self._settings(part, part.controller.tick(now_ms), partition, offset)
+
+    def settings_off_baseline(self) -> list[ThrottleSetting]:
+        """Settings that differ from their baseline, over the partitions held here."""
+        return [s for part in self._parts.values() for s in part.controller.settings_off_baseline()]
+
+    def _settings(
+        self,
+        part: _PartitionControl,
+        changed: list[ThrottleSetting],
+        partition: int,
+        offset: int,
+    ) -> list[Output]:
+        out = []
+        for setting in changed:
+            state = part.controller.state(setting.key)
+            if state is not None:
+                self.settings[setting.key] = {"s": state.to_dict(), "p": partition, "src": offset}
+            out.append(throttle_output(setting))
+        return out
+
+    @staticmethod
+    def _reputation_record(r: ReputationRecord) -> Output:
+        return Output(
+            "reputation",
+            r.key,
+            {
+                "event_id": f"{r.key}:{r.time_ms}",
+                "event_time": r.time_ms,
+                "key": r.key,
+                "scope": r.scope,
+                "window_start": r.window_start_ms,
+                "window_end": r.window_end_ms,
+                "attempts": r.attempts,
+                "delivered": r.delivered,
+                "hard": r.hard,
+                "soft": r.soft,
+                "blocks": r.blocks,
+                "rate_limited": r.rate_limited,
+                "complaints": r.complaints,
+                "score": float(r.score),
+            },
+        )
+
+
+def throttle_output(s: ThrottleSetting) -> Output:
+    return Output("throttle", s.key, throttle_record(s))
+
+
+def throttle_record(s: ThrottleSetting) -> dict[str, Any]:
+    return {
+        "event_id": f"{s.key}:{s.version}",
+        "event_time": s.changed_at,
+        "key": s.key,
+        "scope": s.scope,
+        "mode": s.mode,
+        "max_rate_per_hour": s.max_rate_per_hour,
+        "max_connections": s.max_connections,
+        "max_messages_per_connection": s.max_messages_per_connection,
+        "retry_interval_s": s.retry_interval_s,
+        "suspended_until": s.suspended_until,
+        "reason": s.reason,
+        "version": s.version,
+    }

@@ -1,0 +1,56 @@
+"""Shared helpers of the end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streams.config import Settings
+from streams.consumer import OutputConsumer
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def event(message_id: str, kind: str, t: int, recipient: str | None = None, **extra: Any) -> dict:
+    return {
+        "event_id": f"{message_id}-{kind}-{t}",
+        "event_time": T0 + t,
+        "delivery_id": "D1",
+        "message_id": message_id,
+        "recipient": recipient or f"{message_id.lower()}@example.org",
+        "kind": kind,
+        **extra,
+    }
+
+
+def collect(
+    settings: Settings,
+    topic: str,
+    done: Callable[[dict[str, dict[str, Any]]], bool],
+    key_field: str,
+    timeout: float = 90.0,
+) -> dict[str, dict[str, Any]]:
+    """Newest version per key of ``topic`` once ``done(latest)`` holds (or timeout)."""
+    latest: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    with OutputConsumer(settings, topic) as consumer:
+        while time.monotonic() < deadline:
+            for record in consumer.records(idle_timeout=1.0, max_wait=2.0):
+                value = record.value
+                key = value[key_field]
+                if key not in latest or value.get("version", 0) >= latest[key].get("version", 0):
+                    latest[key] = value
+            if done(latest):
+                break
+    return latest
+
+
+def collect_all(settings: Settings, topic: str, count: int, timeout: float = 90.0) -> list[Any]:
+    """The first ``count`` records of ``topic`` (fewer if the timeout passes)."""
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    with OutputConsumer(settings, topic) as consumer:
+        while time.monotonic() < deadline and len(out) < count:
+            out.extend(consumer.records(idle_timeout=1.0, max_wait=2.0))
+    return out
