@@ -60,13 +60,14 @@ if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], cjson.encode(ARGV)) end
 return 1
 """
 
-VIEW_TOPICS: dict[str, tuple[str, str]] = {
-    # topic logical name → (Redis key kind, field of the record that is the key)
-    "status": ("msg", "message_id"),
-    "address": ("addr", "address"),
-    "kpi": ("kpi", "delivery_id"),
-    "throttle": ("throttle", "key"),
-    "reputation": ("reputation", "key"),
+VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
+    # topic logical name → (Redis key kind, key field, field that orders versions)
+    "status": ("msg", "message_id", "version"),
+    "address": ("addr", "address", "version"),
+    "kpi": ("kpi", "delivery_id", "version"),
+    "throttle": ("throttle", "key", "version"),
+    # Reputation windows have no version: a later window end supersedes an earlier one.
+    "reputation": ("reputation", "key", "event_time"),
 }
 
 
@@ -99,7 +100,7 @@ class ViewStore:
 
     def write(self, topic: str, records: Iterable[dict[str, Any]]) -> int:
         """Apply records of one topic; returns how many were newer than what Redis had."""
-        kind, id_field = VIEW_TOPICS[topic]
+        kind, id_field, version_field = VIEW_TOPICS[topic]
         pipe = self.client.pipeline(transaction=False)
         count = 0
         for record in records:
@@ -119,7 +120,7 @@ class ViewStore:
                     flat += [name, value if isinstance(value, str) else json.dumps(value)]
             self._upsert(
                 keys=keys,
-                args=[record["version"], record.get(id_field, ""), membership, channel, *flat],
+                args=[record[version_field], record[id_field], membership, channel, *flat],
                 client=pipe,
             )
             count += 1
@@ -203,6 +204,10 @@ class ViewUpdater:
                         log.warning("Redis unavailable (%s); views wait and retry", exc)
                         time.sleep(backoff)
                         backoff = min(backoff * 2, 5.0)
+                    except Exception:
+                        # A bug, not an outage: say so loudly, keep the batch, try again.
+                        log.exception("view update failed; retrying the same batch")
+                        time.sleep(5.0)
         finally:
             consumer.close()
 
