@@ -92,24 +92,22 @@ class _DueIndex:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._heaps: dict[int, list[tuple[int, str]]] | None = None
 
     def push(self, partition: int, due: int | None, key: str) -> None:
-        heap = self._heaps.get(partition)
-        if heap is not None and due is not None:
-            heapq.heappush(heap, (due, key))
+        if self._heaps is not None and due is not None:
+            heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
 
     def pop_due(self, partition: int, now: int) -> list[str]:
-        heap = self._heaps.get(partition)
-        if heap is None:
-            # First sweep of this partition since start or rebalance: rebuild from state.
-            heap = [
-                (rec["due"], key)
-                for key, rec in self._store.items()
-                if rec.get("p") == partition and rec.get("due") is not None
-            ]
-            heapq.heapify(heap)
-            self._heaps[partition] = heap
+        if self._heaps is None:
+            # First sweep since start or rebalance: one pass over the table for every partition.
+            self._heaps = {}
+            for key, rec in self._store.items():
+                if rec.get("due") is not None:
+                    self._heaps.setdefault(rec["p"], []).append((rec["due"], key))
+            for heap in self._heaps.values():
+                heapq.heapify(heap)
+        heap = self._heaps.setdefault(partition, [])
         keys = []
         # Strictly before: at exactly the due time nothing has changed yet.
         while heap and heap[0][0] < now:
@@ -120,7 +118,7 @@ class _DueIndex:
         return keys
 
     def reset(self) -> None:
-        self._heaps.clear()
+        self._heaps = None
 
 
 def _src_with(rec: dict[str, Any] | None, family: str, offset: int) -> dict[str, int]:
@@ -160,11 +158,47 @@ class FeedbackProcessor:
         self.clock = 0
         self._message_due = _DueIndex(messages)
         self._address_due = _DueIndex(addresses)
+        # Partition → KPI sums recomputed from the messages table, not yet reconciled.
+        self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
+        self._kpi_checked: set[int] = set()
 
     def reset_indexes(self) -> None:
-        """Call after a rebalance: due indexes are rebuilt lazily from the tables."""
+        """Call after a rebalance: due indexes and KPI checks are redone lazily."""
         self._message_due.reset()
         self._address_due.reset()
+        self._kpi_truth = None
+        self._kpi_checked.clear()
+
+    def _reconcile_kpis(self, partition: int, out: list[Output]) -> None:
+        """Make the partition's KPI partials agree with its messages table.
+
+        A message write and its partial's write go to two changelogs; a crash between them
+        would leave the partial off for good, since the redelivered event then changes no
+        message. So the first time a partition is seen after a start or a rebalance, its
+        partials are recomputed from the messages (the authority) plus the retired counts of
+        messages that left the table, and corrected where they differ.
+        """
+        if self._kpi_truth is None:
+            self._kpi_truth = {}
+            for rec in self.messages.values():
+                sums = self._kpi_truth.setdefault(rec["p"], {})
+                delivery_id = rec["s"]["delivery_id"]
+                view = MessageView.from_dict(rec["view"])
+                sums[delivery_id] = sums.get(delivery_id, KpiCounts()).add(kpi_delta(None, view))
+        truth = self._kpi_truth.pop(partition, {})
+        self._kpi_checked.add(partition)
+        suffix = f"|{partition}"
+        keys = {k for k in self.kpi_parts if k.endswith(suffix)}
+        keys |= {f"{d}{suffix}" for d in truth}
+        for key in keys:
+            delivery_id = key[: -len(suffix)]
+            rec = self.kpi_parts.get(key)
+            retired = KpiCounts.from_dict(rec["r"]) if rec else KpiCounts()
+            want = (truth.get(delivery_id, KpiCounts()) + retired).to_dict()
+            if rec is None or rec["c"] != want:
+                new_rec = {"c": want, "r": retired.to_dict(), "v": rec["v"] + 1 if rec else 1}
+                self.kpi_parts[key] = new_rec
+                out.append(self._part_record(delivery_id, partition, new_rec))
 
     def process(
         self, family: str, event: dict[str, Any], partition: int, offset: int
@@ -172,6 +206,8 @@ class FeedbackProcessor:
         self.clock = max(self.clock, event["event_time"])
         q = qualify_event(self.qualifier, family, event)
         out: list[Output] = []
+        if partition not in self._kpi_checked:
+            self._reconcile_kpis(partition, out)
         self._message(family, event, q, partition, offset, out)
         self._address(family, event, q, partition, offset, out)
         if self.signal_fn is not None:
@@ -185,6 +221,8 @@ class FeedbackProcessor:
         expiry, quarantine resets and lifts, retention."""
         self.clock = max(self.clock, now_ms)
         out: list[Output] = []
+        if partition not in self._kpi_checked:
+            self._reconcile_kpis(partition, out)
         for key in self._message_due.pop_due(partition, self.clock):
             self._message_time(key, partition, offset, family, out)
         for key in self._address_due.pop_due(partition, self.clock):
@@ -219,6 +257,12 @@ class FeedbackProcessor:
             and rec["view"] == view.to_dict()
             and self.clock >= state.last_seen + self.config.message_retention_ms
         ):
+            # The message's contribution moves from live to retired: the counts stay.
+            key = f"{state.delivery_id}|{partition}"
+            part = self.kpi_parts.get(key)
+            if part is not None:
+                retired = KpiCounts.from_dict(part["r"]).add(kpi_delta(None, view))
+                self.kpi_parts[key] = {**part, "r": retired.to_dict()}
             del self.messages[mid]
             return
         self._publish_message(mid, rec, state, False, partition, offset, family, out)
@@ -300,7 +344,7 @@ class FeedbackProcessor:
         rec = self.kpi_parts.get(key)
         counts = KpiCounts.from_dict(rec["c"]) if rec else KpiCounts()
         version = rec["v"] + 1 if rec else 1
-        new_rec = {"c": counts.add(delta).to_dict(), "v": version}
+        new_rec = {"c": counts.add(delta).to_dict(), "r": rec["r"] if rec else {}, "v": version}
         self.kpi_parts[key] = new_rec
         out.append(self._part_record(delivery_id, partition, new_rec))
 
@@ -545,47 +589,50 @@ class ControlProcessor:
         return part
 
     def process(self, signal: Signal, partition: int, offset: int) -> list[Output]:
+        """Count the signal and let the controller react.
+
+        Windows and controller states are idempotent per signal: each stored record holds
+        the offset of the last signal it took in, and a redelivered signal (offset at or
+        below it) is not counted again; instead the settings it may have changed are
+        published again, in case the crash lost them.
+        """
         part = self._part(partition)
-        records = part.book.add(signal)
-        out = [self._reputation_record(r) for r in records]
-        for _scope, key in signal_keys(signal):
+        keys = [key for _scope, key in signal_keys(signal)]
+        seen = frozenset(k for k in keys if offset <= self.windows.get(k, {}).get("o", -1))
+        out = [self._reputation_record(r) for r in part.book.add(signal, skip=seen)]
+        for key in keys:
             window = part.book.window(key)
-            if window is not None:
-                self.windows[key] = {"w": window.to_dict(), "p": partition}
-        changed = part.controller.on_signal(signal, part.book)
-        out += self._settings(part, changed, partition, offset)
-        # A redelivered signal re-publishes its keys' settings (see the module docstring).
+            if window is not None and key not in seen:
+                self.windows[key] = {"w": window.to_dict(), "p": partition, "o": offset}
         _scope, main = main_key(signal)
-        for key in (main, f"ip_group:{signal.sending_ip}|{signal.group}"):
-            rec = self.settings.get(key)
-            if rec is not None and offset <= rec["src"] and key not in {s.key for s in changed}:
+        controlled = [main, f"ip_group:{signal.sending_ip}|{signal.group}"]
+        if offset <= self.settings.get(main, {}).get("o", -1):
+            for key in controlled:
                 setting = part.controller.setting(key)
                 if setting is not None:
                     out.append(throttle_output(setting))
+            return out
+        changed = part.controller.on_signal(signal, part.book)
+        out += [throttle_output(setting) for setting in changed]
+        for key in {*controlled, *(s.key for s in changed)}:
+            state = part.controller.state(key)
+            if state is not None:
+                self.settings[key] = {"s": state.to_dict(), "p": partition, "o": offset}
         return out
 
     def tick(self, now_ms: int, partition: int, offset: int) -> list[Output]:
         part = self._part(partition)
-        return self._settings(part, part.controller.tick(now_ms), partition, offset)
+        changed = part.controller.tick(now_ms)
+        for setting in changed:
+            state = part.controller.state(setting.key)
+            if state is not None:
+                previous = self.settings.get(setting.key, {}).get("o", -1)
+                self.settings[setting.key] = {"s": state.to_dict(), "p": partition, "o": previous}
+        return [throttle_output(setting) for setting in changed]
 
     def settings_off_baseline(self) -> list[ThrottleSetting]:
         """Settings that differ from their baseline, over the partitions held here."""
         return [s for part in self._parts.values() for s in part.controller.settings_off_baseline()]
-
-    def _settings(
-        self,
-        part: _PartitionControl,
-        changed: list[ThrottleSetting],
-        partition: int,
-        offset: int,
-    ) -> list[Output]:
-        out = []
-        for setting in changed:
-            state = part.controller.state(setting.key)
-            if state is not None:
-                self.settings[setting.key] = {"s": state.to_dict(), "p": partition, "src": offset}
-            out.append(throttle_output(setting))
-        return out
 
     @staticmethod
     def _reputation_record(r: ReputationRecord) -> Output:

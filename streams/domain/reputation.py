@@ -321,9 +321,13 @@ class ReputationBook:
         self._high_water_ms = 0
         self._last_sweep_bucket = -1
 
-    def add(self, signal: Signal) -> list[ReputationRecord]:
+    def add(self, signal: Signal, skip: frozenset[str] = frozenset()) -> list[ReputationRecord]:
+        """Count the signal in each of its windows but those in ``skip`` (the caller's way
+        to not count a redelivered signal twice)."""
         records = []
         for scope, key in signal_keys(signal):
+            if key in skip:
+                continue
             window = self._windows.get(key)
             new = window is None
             if window is None:

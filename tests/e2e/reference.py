@@ -42,7 +42,7 @@ def _project(latest: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> dict
     return projected
 
 
-def stream_state(settings: Settings, ref: dict, timeout: float = 120.0) -> dict:
+def stream_state(settings: Settings, ref: dict, timeout: float = 60.0) -> dict:
     """Newest status/address/KPI per key from the output topics, waiting for convergence."""
     got = {}
     for kind, topic, key_field, fields in (

@@ -1,0 +1,135 @@
+"""The pipeline steps over dict state: redelivery, time, KPI reconciliation, retention."""
+
+from streams.domain.bounce_rules import default_qualifier
+from streams.domain.mx_rules import load_mx_rules
+from streams.pipeline import (
+    ControlProcessor,
+    FeedbackProcessor,
+    KpiAggregator,
+    PipelineConfig,
+    signal_from_dict,
+    signal_output,
+)
+
+T0 = 1_767_225_600_000
+H = 3_600_000
+
+
+def ev(mid, kind, t, **extra):
+    return {
+        "event_id": f"{mid}-{kind}-{t}",
+        "event_time": T0 + t,
+        "delivery_id": "D1",
+        "message_id": mid,
+        "recipient": f"{mid.lower()}@example.org",
+        "kind": kind,
+        **extra,
+    }
+
+
+def processor(messages=None, parts=None, **config):
+    return FeedbackProcessor(
+        {} if messages is None else messages,
+        {},
+        {} if parts is None else parts,
+        default_qualifier(),
+        PipelineConfig(**config),
+    )
+
+
+def topics(outputs):
+    return [o.topic for o in outputs]
+
+
+def test_a_redelivered_event_republishes_the_same_version_and_a_duplicate_does_not():
+    fp = processor()
+    first = fp.process("send", ev("M1", "relayed", 0), partition=0, offset=5)
+    assert topics(first) == ["status", "kpi-part", "address"]
+    again = fp.process("send", ev("M1", "relayed", 0), partition=0, offset=5)
+    status = [o for o in again if o.topic == "status"]
+    assert status and status[0].value["version"] == first[0].value["version"] == 1
+    assert "kpi-part" in topics(again)
+    # The same event produced twice sits at a later offset: nothing changes, nothing is sent.
+    assert fp.process("send", ev("M1", "relayed", 0), partition=0, offset=9) == []
+
+
+def test_the_clock_fails_a_message_when_its_validity_runs_out():
+    fp = processor()
+    fp.process("send", ev("M1", "relayed", 0, validity_seconds=3600), 0, 1)
+    fp.process("retry", ev("M1", "deferred", 10, attempt=1, smtp_code=451), 0, 1)
+    assert fp.tick(T0 + H, 0, 1) == []  # exactly at the deadline nothing has happened yet
+    out = fp.tick(T0 + H + 1, 0, 2)
+    status = [o.value for o in out if o.topic == "status"]
+    assert status[0]["status"] == "failed"
+    assert status[0]["failure_type"] == "soft"
+    assert "kpi-part" in topics(out)
+
+
+def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
+    messages, parts = {}, {}
+    fp = processor(messages, parts)
+    for i, kind in enumerate(["relayed", "delivered"]):
+        fp.process("send", ev("M1", kind, i), 0, i)
+    fp.process("send", ev("M2", "relayed", 5), 0, 3)
+    good = dict(parts["D1|0"]["c"])
+    # The crash lost the last partial write but kept the message writes.
+    parts["D1|0"] = {**parts["D1|0"], "c": {**good, "to_deliver": 1}}
+    restarted = processor(messages, parts)
+    out = restarted.process("send", ev("M3", "relayed", 6), 0, 4)
+    fixed = [o.value for o in out if o.topic == "kpi-part"]
+    assert fixed[0]["c"] == good  # first the correction
+    assert parts["D1|0"]["c"]["to_deliver"] == 3
+
+
+def test_retention_removes_final_messages_but_keeps_their_counts():
+    messages, parts = {}, {}
+    fp = processor(messages, parts, message_retention_ms=H)
+    fp.process("send", ev("M1", "relayed", 0), 0, 1)
+    fp.process("send", ev("M1", "delivered", 10), 0, 2)
+    fp.tick(T0 + 2 * H, 0, 3)
+    assert "M1" not in messages
+    assert parts["D1|0"]["c"]["sent"] == 1
+    assert parts["D1|0"]["r"]["sent"] == 1
+    # A restart reconciles to the same counts: the retired contribution is remembered.
+    restarted = processor(messages, parts)
+    restarted.tick(T0 + 2 * H, 0, 4)
+    assert parts["D1|0"]["c"]["sent"] == 1
+
+
+def test_the_aggregator_sums_partitions_and_ignores_older_versions():
+    sums = {}
+    agg = KpiAggregator(sums)
+    c = {"to_deliver": 2, "sent": 1, "taken_into_account": 1}
+    out = agg.process({"delivery_id": "D1", "partition": 0, "v": 2, "c": c}, T0, 10)
+    assert out[0].value["to_deliver"] == 2
+    out = agg.process({"delivery_id": "D1", "partition": 1, "v": 1, "c": c}, T0, 11)
+    assert out[0].value["to_deliver"] == 4
+    assert out[0].value["success_pct"] == 50.0
+    stale = {"delivery_id": "D1", "partition": 0, "v": 1, "c": {"to_deliver": 9}}
+    assert agg.process(stale, T0, 12) == []
+    # Redelivered (offset at or below the last change): republished, same version.
+    again = agg.process(stale, T0, 11)
+    assert again[0].value["version"] == 2
+    assert again[0].value["to_deliver"] == 4
+
+
+def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step():
+    rules = load_mx_rules(None)
+    make_signal = signal_output(rules)
+    control = ControlProcessor({}, {}, rules)
+    settings = []
+    for i in range(5):
+        event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
+        event["recipient"] = f"user{i}@gmail.com"
+        q = default_qualifier().qualify(421, "4.7.28", "421 4.7.28 rate limited - gsmtp")
+        signal = make_signal("retry", event, q)
+        assert signal is not None and signal.key == "google"
+        settings += [
+            o
+            for o in control.process(signal_from_dict(signal.value), 0, i)
+            if o.topic == "throttle"
+        ]
+    google = [s.value for s in settings if s.key == "group:google"]
+    assert google and google[0]["mode"] == "backoff"
+    assert google[0]["max_rate_per_hour"] < rules.group("google").max_rate_per_hour.baseline
+    assert all(not s.key.endswith("yahoo") for s in settings)
