@@ -18,6 +18,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from streams import faust_tuning
 from streams.avro import Codec, DecodeError
 from streams.config import Settings
 from streams.domain.bounce_rules import load_qualifier
@@ -68,6 +69,7 @@ class Components:
 
 
 def build_app(settings: Settings) -> Components:
+    faust_tuning.apply()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],

@@ -123,6 +123,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _print_record(f"delivery {args.delivery}", store.read("kpi", args.delivery), args.json)
 
 
+def cmd_throttle(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.views import ViewStore
+
+    store = ViewStore.from_settings(_settings())
+    if args.key:
+        return _print_record(f"throttle {args.key}", store.read("throttle", args.key), args.json)
+    rows = sorted(store.scan("throttle"), key=lambda r: str(r.get("key")))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    table = Table(title="Throttle settings (control topic mirror)")
+    columns = (
+        "key",
+        "mode",
+        "max_rate_per_hour",
+        "max_connections",
+        "max_messages_per_connection",
+        "suspended_until",
+        "version",
+        "reason",
+    )
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
+    if not rows:
+        print("no throttle settings have left their baseline yet", file=sys.stderr)
+    return 0
+
+
+def cmd_reputation(args: argparse.Namespace) -> int:
+    from streams.views import ViewStore
+
+    store = ViewStore.from_settings(_settings())
+    return _print_record(f"reputation {args.key}", store.read("reputation", args.key), args.json)
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.consumer import OutputConsumer
 
@@ -200,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipients", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--delivery", default="D1", help="delivery id of the campaign")
+    p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
+    p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")
+    p.add_argument("--json", action="store_true", help="JSON lines, for machines")
+    p = add("reputation", cmd_reputation, "show a key's rolling reputation window")
+    p.add_argument("key", help="e.g. group:google, domain:gmail.com, ip_group:192.0.2.1|google")
+    p.add_argument("--json", action="store_true", help="one JSON object, for machines")
     p = add("dlq", cmd_dlq, "print dead letters (reason and source) from the dead-letter topic")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--wait", type=float, default=3.0, help="seconds without news to stop")

@@ -1,0 +1,95 @@
+"""Feedback latency: a rate-limit reply produced → the control record consumed.
+
+Each trigger is a 421 rate-limit deferral for a fresh domain of the ``default`` provider
+group; such domains are throttled one by one, so every trigger makes exactly one new
+throttle key change at once, with no anti-flapping delay in the way.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from streams.avro import Codec
+from streams.config import Settings
+from streams.producer import EventProducer
+
+RATE_LIMIT_REPLY = "421 4.7.0 Too many messages from your IP address, slow down and try again later"
+
+
+def trigger(i: int, event_time_ms: int) -> dict[str, Any]:
+    return {
+        "event_id": f"lat-{i}",
+        "event_time": event_time_ms,
+        "delivery_id": "LAT",
+        "message_id": f"LAT-{i}",
+        "recipient": f"probe{i}@lat{i}.example.com",
+        "kind": "deferred",
+        "attempt": 1,
+        "smtp_code": 421,
+        "enhanced_status": "4.7.0",
+        "diagnostic": RATE_LIMIT_REPLY,
+        "sending_ip": "192.0.2.99",
+    }
+
+
+def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[str, Any]:
+    """Produce ``triggers`` rate-limit replies ``gap_s`` apart; return latency figures (ms)."""
+    codec = Codec.from_settings(settings.schema_registry_url)
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"latency-{time.time_ns()}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            **settings.kafka_client_config(),
+        }
+    )
+    consumer.subscribe([settings.topic("throttle")])
+    assigned = threading.Event()
+
+    def follow() -> None:
+        while not stop.is_set():
+            msg = consumer.poll(0.05)
+            if consumer.assignment():
+                assigned.set()
+            if msg is None or msg.error():
+                continue
+            record = codec.decode("throttle", msg.value())
+            seen.setdefault(record["key"], time.monotonic())
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assigned.wait(30)
+    time.sleep(1.0)  # "latest" offsets are fixed once the assignment is in place
+    sent: dict[str, float] = {}
+    base = int(time.time() * 1000) - 3_600_000
+    with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
+        for i in range(triggers):
+            producer.send("retry", trigger(i, base + i))
+            producer._producer.flush(5)
+            sent[f"domain:lat{i}.example.com"] = time.monotonic()
+            time.sleep(gap_s)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(set(sent) & set(seen)) < len(sent):
+        time.sleep(0.1)
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    latencies = sorted((seen[k] - sent[k]) * 1000 for k in sent if k in seen)
+    if not latencies:
+        return {"triggers": triggers, "received": 0}
+    return {
+        "triggers": triggers,
+        "received": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+        "max_ms": round(latencies[-1], 1),
+    }
