@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench stack-up stack-down clean
+.PHONY: test demo lint bench stack-up stack-down clean reliability
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check streams tests
 	$(BIN)/ruff format --check streams tests
+
+# Long reliability runs: 30 s Redis outage, bigger fuzz and rebalance volumes, then a
+# 10-minute soak at half the measured maximum rate (about 20 minutes in all).
+reliability: $(STAMP)
+	$(BIN)/mta-feedback stack up
+	MTA_RELIABILITY=long $(BIN)/pytest -q -p no:cacheprovider -s \
+		tests/e2e/test_rebalance.py tests/e2e/test_redis_outage.py \
+		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
+	$(BIN)/python tests/soak.py --duration 600
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench_qualify.py

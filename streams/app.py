@@ -47,6 +47,7 @@ def _credentials(settings: Settings) -> Any:
     if settings.security_protocol.endswith("SSL"):
         context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
     if settings.security_protocol.startswith("SASL"):
+        _check_login(settings)
         return faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password,
@@ -54,6 +55,22 @@ def _credentials(settings: Settings) -> Any:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
+
+
+def _check_login(settings: Settings) -> None:
+    """Fail fast with a clear KafkaAuthError: aiokafka reports a rejected SCRAM login as
+    ``KeyError('v')`` deep in its handshake."""
+    from confluent_kafka import KafkaException, Producer
+
+    probe = Producer(
+        {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+    )
+    try:
+        probe.list_topics(timeout=settings.session_timeout_s)
+    except KafkaException:
+        # Serves the error callback, which raises on a rejected login; a broker that is
+        # merely unreachable is left to Faust, which waits for it.
+        probe.poll(0)
 
 
 @dataclass

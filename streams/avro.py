@@ -146,7 +146,11 @@ class Codec:
         try:
             record = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:  # fastavro raises many types on corrupt or foreign data
-            raise DecodeError("invalid", f"cannot read as {name}: {exc!r}"[:500]) from None
+            # str(), not repr(): a UnicodeDecodeError's repr carries the raw field bytes,
+            # which may be a recipient address, into the logs and the dead-letter reason.
+            raise DecodeError(
+                "invalid", f"cannot read as {name}: {type(exc).__name__}: {exc}"[:500]
+            ) from None
         if buf.tell() != len(data):
             raise DecodeError(
                 "invalid", f"{len(data) - buf.tell()} trailing bytes after the {name} record"

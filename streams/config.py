@@ -186,16 +186,36 @@ class Settings:
             rows.append((f.metadata["env"], shown, f.metadata["doc"]))
         return rows
 
-    def kafka_client_config(self) -> dict[str, str]:
-        """Security settings in librdkafka (confluent-kafka) spelling."""
-        conf = {"security.protocol": self.security_protocol}
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Security settings in librdkafka (confluent-kafka) spelling.
+
+        With SASL, an error callback turns a failed authentication into a KafkaAuthError
+        raised from the client's poll/flush/consume; without it librdkafka only logs and
+        retries, and the caller sees "Message timed out" or nothing at all.
+        """
+        conf: dict[str, Any] = {"security.protocol": self.security_protocol}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
             conf["sasl.username"] = self.sasl_username
             conf["sasl.password"] = self.sasl_password
+            conf["error_cb"] = self._raise_on_auth_error
         if self.ssl_cafile:
             conf["ssl.ca.location"] = self.ssl_cafile
         return conf
+
+    def _raise_on_auth_error(self, err: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            raise KafkaAuthError(
+                f"Kafka authentication failed for user {self.sasl_username!r} with "
+                f"{self.sasl_mechanism} (check MTA_SASL_USERNAME / MTA_SASL_PASSWORD / "
+                f"MTA_SASL_MECHANISM): {err.str()}"
+            )
+
+
+class KafkaAuthError(ConfigError):
+    """The broker rejected the configured Kafka credentials."""
 
 
 ENV_VARS: frozenset[str] = frozenset(f.metadata["env"] for f in fields(Settings))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from typing import Any
 
 from streams.avro import DecodeError
@@ -23,6 +24,12 @@ MAX_ATTEMPT = 10_000
 
 _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _BAD_ADDRESS_CHARS = re.compile(r"[\s\x00-\x1f\x7f<>]")
+
+
+def _has_invisible(text: str) -> bool:
+    """Other (C*: format such as bidi overrides and zero-width, private use, unassigned) or
+    separator (Z*) characters: no real address has them, and they spoof what people read."""
+    return any(unicodedata.category(c)[0] in "CZ" for c in text)
 
 
 def _fail(reason: str) -> DecodeError:
@@ -53,6 +60,8 @@ def validate_event(family: str, event: dict[str, Any], now_ms: int | None = None
         raise _fail("recipient is not an address of the form local@domain.tld")
     if _BAD_ADDRESS_CHARS.search(recipient):
         raise _fail("recipient contains white space, control characters or angle brackets")
+    if not recipient.isascii() and _has_invisible(recipient):
+        raise _fail("recipient contains invisible Unicode (format, bidi, zero-width or space)")
     _check_time("event_time", event["event_time"], now)
     _check_time("next_attempt_time", event.get("next_attempt_time"), now + MAX_VALIDITY_S * 1000)
     validity = event.get("validity_seconds")

@@ -1,0 +1,166 @@
+"""Security settings from configuration only: Kafka SASL, Redis ACL users, no recipient
+address in the logs.
+
+Kafka SASL against Tansu (``--authentication``), found by trying:
+- SCRAM-SHA-256 and SCRAM-SHA-512 are offered: the clients reach the SCRAM exchange and the
+  broker answers it (``unknown-user``).
+- PLAIN is not offered: the handshake ends with ``NoSharedMechanism`` on the broker side.
+- A successful SCRAM login could not be shown here: Tansu creates users through
+  AlterUserScramCredentials, which itself needs an authenticated connection, and its memory
+  storage is empty at start, so no first user can exist (its S3/Postgres engines could hold
+  users across a restart; neither is available on this machine). So the tests below show
+  that the producer, the OutputConsumer and a Faust worker all speak SCRAM from MTA_* settings
+  alone and that a rejected login fails at once with a clear KafkaAuthError. The successful
+  path is for the docker/ stack (Apache Kafka).
+- TLS (SSL / SASL_SSL, MTA_SSL_CAFILE) is not tested: it needs a broker listener with a
+  certificate, which the Tansu build here does not give the Kafka clients a way to verify in
+  this setup; against Apache Kafka it is configuration only (ssl.ca.location, ssl context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from streams.avro import Codec
+from streams.config import KafkaAuthError, Settings
+from streams.consumer import OutputConsumer
+from streams.producer import EventProducer
+from streams.testing.sample import SampleCampaign
+from streams.testing.services import RedisServer, TansuBroker
+from streams.testing.worker import WorkerProcess
+from streams.views import ViewStore
+
+from .helpers import collect, collect_all, event
+
+pytestmark = pytest.mark.e2e
+
+
+def _sasl_settings(broker: TansuBroker, mechanism: str, password: str = "wrong") -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    return Settings.from_env(
+        {
+            "MTA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "MTA_TOPIC_PREFIX": prefix,
+            "MTA_APP_ID": prefix,
+            "MTA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "MTA_SASL_MECHANISM": mechanism,
+            "MTA_SASL_USERNAME": "campaign",
+            "MTA_SASL_PASSWORD": password,
+            "MTA_REDIS_VIEWS": "false",
+        }
+    )
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path):
+    broker = TansuBroker(tmp_path / "broker.log", authentication=True).start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_scram_rejected_login_fails_clearly_in_every_client(auth_broker, tmp_path, mechanism):
+    settings = _sasl_settings(auth_broker, mechanism)
+    producer = EventProducer(settings)
+    producer.send("send", event("M1", "relayed", 0))
+    with pytest.raises(KafkaAuthError, match=f"user 'campaign' with {mechanism}.*SCRAM"):
+        producer.flush(timeout=20)
+
+    started = time.monotonic()
+    with (
+        pytest.raises(KafkaAuthError, match="unknown-user"),
+        OutputConsumer(settings, "status") as c,
+    ):
+        list(c.records(idle_timeout=10, max_wait=20))
+    assert time.monotonic() - started < 10  # at once, not after the idle timeout
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log", views=False).start()
+    deadline = time.monotonic() + 30
+    while worker.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker.alive(), "the worker kept running with rejected credentials"
+    assert "KafkaAuthError: Kafka authentication failed for user 'campaign'" in worker.log_text()
+    assert "wrong" not in worker.log_text()  # the password is never printed
+
+
+def test_plain_is_not_offered_by_tansu(auth_broker):
+    settings = _sasl_settings(auth_broker, "PLAIN")
+    producer = EventProducer(settings)
+    producer.send("send", event("M1", "relayed", 0))
+    with pytest.raises(KafkaAuthError, match="PLAIN mechanism handshake failed"):
+        producer.flush(timeout=20)
+    assert "NoSharedMechanism" in auth_broker.log_path.read_text()
+
+
+def test_redis_acl_user_from_redis_url(tmp_path, make_settings):
+    server = RedisServer(tmp_path / "redis.log", acl_user=("views", "s3cr3t-pw")).start()
+    try:
+        settings = make_settings(redis_url=server.url)
+        store = ViewStore.from_settings(settings)
+        record = {"message_id": "M1", "status": "sent", "version": 3, "event_id": "E1"}
+        assert store.write("status", [record]) == 1
+        assert store.read("msg", "M1") == {"message_id": "M1", "status": "sent", "version": 3}
+        assert settings.describe()  # the URL is a setting like the others
+        for url in (
+            server.url.replace("s3cr3t-pw", "wrong"),
+            f"redis://127.0.0.1:{server.port}/0",  # the default user is off
+        ):
+            bad = ViewStore.from_settings(dataclasses.replace(settings, redis_url=url))
+            with pytest.raises(redis.AuthenticationError):
+                bad.read("msg", "M1")
+    finally:
+        server.kill()
+
+
+def test_no_recipient_address_in_the_worker_log(make_settings, tmp_path):
+    """Info-level worker log of a run with normal and hostile input: no recipient in it."""
+    settings = make_settings()
+    events = SampleCampaign(recipients=300, seed=5).events()
+    codec = Codec()
+    hostile = {
+        "bad.address@nowhere": codec.encode(
+            "send", event("H1", "relayed", 0, "bad.address@nowhere")
+        ),
+        "huge" + "x" * 400 + "@example.org": codec.encode(
+            "send", event("H2", "relayed", 0, "huge" + "x" * 400 + "@example.org")
+        ),
+        "far.future@example.org": codec.encode(
+            "send", event("H3", "relayed", 10**13, "far.future@example.org")
+        ),
+        "rtl\u202eoverride@example.org": codec.encode(
+            "send", event("H4", "relayed", 0, "rtl\u202eoverride@example.org")
+        ),
+    }
+    marker = "not.utf8@example.org"
+    good = codec.encode("send", event("H5", "relayed", 0, marker))
+    raw = marker.encode()
+    hostile[marker] = good.replace(
+        bytes([len(raw) * 2]) + raw, bytes([(len(raw) + 1) * 2]) + raw + b"\xff"
+    )
+    worker = WorkerProcess(settings, tmp_path / "worker.log", views=False).start()
+    try:
+        worker.wait_ready()
+        with EventProducer(settings) as producer:
+            for family, ev in events:
+                producer.send(family, ev)
+            for address, value in hostile.items():
+                producer.produce_raw(settings.topic("send"), address.encode(), value)
+        assert len(collect_all(settings, "dlq", len(hostile))) == len(hostile)
+        mids = {ev["message_id"] for _, ev in events}
+        collect(settings, "status", lambda got: mids <= set(got), "message_id")
+    finally:
+        worker.stop()
+    log = worker.log_text()
+    assert "dead letter" in log  # the hostile records were logged, just not their addresses
+    recipients = {ev["recipient"] for _, ev in events} | set(hostile)
+    assert [r for r in recipients if r in log] == []
+    # Nor the local parts alone, which identify people as well.
+    assert [r for r in recipients if r.rpartition("@")[0] in log] == []
