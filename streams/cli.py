@@ -123,6 +123,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _print_record(f"delivery {args.delivery}", store.read("kpi", args.delivery), args.json)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams import bench
+
+    return bench.main(args.events, args.seed)
+
+
 def cmd_throttle(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -238,10 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run a sample campaign through the embedded stack, print a summary")
     p.add_argument("--recipients", type=int, default=2000)
     p.add_argument("--seed", type=int, default=7)
+    from streams.sim import cli as sim_cli
+
+    p = add("simulate", sim_cli.run, "closed-loop simulation: adaptive against static limits")
+    sim_cli.add_arguments(p)
     p = add("produce-sample", cmd_produce_sample, "produce a generated sample campaign")
     p.add_argument("--recipients", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--delivery", default="D1", help="delivery id of the campaign")
+    p = add("bench", cmd_bench, "throughput and latency of one worker beside a raw baseline")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=1)
     p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
     p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")
     p.add_argument("--json", action="store_true", help="JSON lines, for machines")

@@ -118,7 +118,7 @@ class Settings:
         "MTA_HEARTBEAT_INTERVAL_S", 0.5, _float(0.1, 60), "Consumer heartbeat interval"
     )
     max_poll_interval_s: float = _var(
-        "MTA_MAX_POLL_INTERVAL_S", 10.0, _float(1, 3600), "Consumer max poll interval"
+        "MTA_MAX_POLL_INTERVAL_S", 300.0, _float(1, 3600), "Consumer max poll interval"
     )
     web_port: int = _var("MTA_WEB_PORT", 0, _int(0, 65535), "Faust web port; 0 disables it")
     standby_replicas: int = _var(

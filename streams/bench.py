@@ -1,0 +1,241 @@
+"""``mta-feedback bench``: the full pipeline in one worker process against a raw baseline.
+
+In one run, on the same broker and the same events:
+
+1. produce N realistic Avro input events (a generated campaign) into fresh topics;
+2. baseline: an aiokafka consumer that decodes the same events and updates a dict;
+3. pipeline: one worker (decode, qualify, status, address, KPI, reputation, throttle,
+   outputs) started on the pre-loaded topics; its rate is measured from its first
+   committed offset to the last, so group join and start-up are left out;
+4. latency: events produced at 50% of the measured pipeline rate; end-to-end latency is
+   event produced → its message's first status record consumed;
+5. memory: the worker's peak RSS, per million tracked messages.
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.avro import Codec
+from streams.config import Settings
+from streams.producer import EventProducer
+from streams.stack import Stack, answers, broker_address
+from streams.testing.sample import SampleCampaign
+from streams.testing.worker import WorkerProcess
+from streams.topics import INPUT_TOPICS
+
+
+def _events(n: int, seed: int, delivery: str) -> list[tuple[str, dict[str, Any]]]:
+    """At least ``n`` events from campaigns of 10,000 recipients (about 2.4 events each)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    batch = 0
+    while len(out) < n:
+        campaign = SampleCampaign(
+            recipients=10_000,
+            seed=seed + batch,
+            delivery_id=f"{delivery}{batch}",
+            start_ms=int(time.time() * 1000) - 5 * 86_400_000,
+        )
+        for family, event in campaign.events():
+            event["message_id"] = f"{delivery}{batch}-{event['message_id']}"
+            out.append((family, event))
+        batch += 1
+    return out[:n]
+
+
+def _produce(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> float:
+    started = time.monotonic()
+    with EventProducer(settings) as producer:
+        for family, event in events:
+            producer.send(family, event)
+    return time.monotonic() - started
+
+
+async def _baseline(settings: Settings, total: int) -> float:
+    """aiokafka getmany + Avro decode + dict update; events per second."""
+    from aiokafka import AIOKafkaConsumer
+
+    codec = Codec.from_settings(settings.schema_registry_url)
+    families = {settings.topic(f): f for f in INPUT_TOPICS}
+    consumer = AIOKafkaConsumer(
+        *families,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    state: dict[str, dict[str, Any]] = {}
+    seen = 0
+    started = None
+    try:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if started is None and batches:
+                started = time.monotonic()
+            for tp, records in batches.items():
+                family = families[tp.topic]
+                for record in records:
+                    event = codec.decode(family, record.value)
+                    state[event["message_id"]] = event
+                    seen += 1
+    finally:
+        await consumer.stop()
+    return seen / (time.monotonic() - (started or time.monotonic()))
+
+
+def _committed(settings: Settings) -> int:
+    """Offsets the worker's group committed on the input topics (admin API: a consumer in
+    that group, even one that never subscribes, could disturb the group)."""
+    tps = [
+        TopicPartition(settings.topic(f), p)
+        for f in INPUT_TOPICS
+        for p in range(settings.partitions)
+    ]
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    request = ConsumerGroupTopicPartitions(settings.app_id, tps)
+    result = admin.list_consumer_group_offsets([request])[settings.app_id].result(10)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, WorkerProcess]:
+    worker = WorkerProcess(settings, log, views=False).start()
+    worker.wait_ready(120)
+    first_at = None
+    done = 0
+    deadline = time.monotonic() + 1800
+    while done < total and time.monotonic() < deadline:
+        done = _committed(settings)
+        if first_at is None and done > 0:
+            first_at, first_done = time.monotonic(), done
+        time.sleep(0.25)
+    if first_at is None or done < total:
+        raise RuntimeError(f"pipeline processed {done} of {total} events:\n{worker.tail()}")
+    return (done - first_done) / (time.monotonic() - first_at), worker
+
+
+def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+    """Produce relayed events at ``rate``/s; latency to each message's first status record."""
+    codec = Codec.from_settings(settings.schema_registry_url)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    stop = threading.Event()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"bench-latency-{time.time_ns()}",
+            "auto.offset.reset": "latest",
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    consumer.subscribe([settings.topic("status")])
+
+    def follow() -> None:
+        while not stop.is_set():
+            msg = consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            record = codec.decode("status", msg.value())
+            got.setdefault(record["message_id"], time.monotonic())
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    time.sleep(3)  # let the reader join and fix its "latest" offsets
+    now_ms = int(time.time() * 1000) - 86_400_000
+    n = int(rate * seconds)
+    with EventProducer(settings, overrides={"linger.ms": 1}) as producer:
+        start = time.monotonic()
+        for i in range(n):
+            due = start + i / rate
+            while (delay := due - time.monotonic()) > 0:
+                time.sleep(min(delay, 0.01))
+            mid = f"LAT-{i}"
+            producer.send(
+                "send",
+                {
+                    "event_id": f"lat-{i}",
+                    "event_time": now_ms + i,
+                    "delivery_id": "LAT",
+                    "message_id": mid,
+                    "recipient": f"lat{i}@example.net",
+                    "kind": "relayed",
+                },
+            )
+            sent[mid] = time.monotonic()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(got.keys() & sent.keys()) < len(sent):
+        time.sleep(0.1)
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    lat = sorted((got[m] - sent[m]) * 1000 for m in sent if m in got)
+    return {
+        "latency_rate_eps": round(rate, 1),
+        "latency_events": n,
+        "latency_received": len(lat),
+        "p50_ms": round(statistics.median(lat), 1) if lat else -1.0,
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else -1.0,
+    }
+
+
+def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str, Any]:
+    base = Settings.from_env()
+    prefix = f"bench{int(time.time())}"
+    settings = dataclasses.replace(base, topic_prefix=prefix, app_id=prefix)
+    stack = Stack(settings)
+    broker_was_up = answers(*broker_address(settings))
+    stack.up()
+    worker: WorkerProcess | None = None
+    try:
+        events = _events(n_events, seed, "B")
+        produce_s = _produce(settings, events)
+        print(f"produced {len(events)} events in {produce_s:.1f}s", file=sys.stderr)
+        baseline = asyncio.run(_baseline(settings, len(events)))
+        print(f"baseline {baseline:.0f} events/s", file=sys.stderr)
+        log = Path(settings.run_dir) / f"{prefix}-worker.log"
+        pipeline, worker = _pipeline(settings, len(events), log)
+        print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
+        assert worker.proc is not None
+        messages = len({e["message_id"] for _, e in events})
+        rss_mb = _peak_rss_mb(worker.proc.pid)
+        latency = _latency(settings, pipeline / 2, latency_seconds)
+        return {
+            "events": len(events),
+            "tracked_messages": messages,
+            "pipeline_eps": round(pipeline, 1),
+            "baseline_eps": round(baseline, 1),
+            "ratio": round(pipeline / baseline, 3),
+            **latency,
+            "peak_rss_mb": round(rss_mb, 1),
+            "rss_mb_per_million_messages": round(rss_mb / messages * 1_000_000, 1),
+        }
+    finally:
+        if worker is not None:
+            worker.stop()
+        if not broker_was_up:
+            stack.down()
+
+
+def main(n_events: int, seed: int) -> int:
+    print(json.dumps(run(n_events, seed)))
+    return 0
