@@ -19,20 +19,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.avro import Codec
 from streams.config import Settings
 from streams.producer import EventProducer
 from streams.stack import Stack, answers, broker_address
+from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
 from streams.testing.worker import WorkerProcess
 from streams.topics import INPUT_TOPICS
@@ -134,67 +133,39 @@ def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, WorkerP
     return (done - first_done) / (time.monotonic() - first_at), worker
 
 
-def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
     """Produce relayed events at ``rate``/s; latency to each message's first status record."""
-    codec = Codec.from_settings(settings.schema_registry_url)
     sent: dict[str, float] = {}
-    got: dict[str, float] = {}
-    stop = threading.Event()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"bench-latency-{time.time_ns()}",
-            "auto.offset.reset": "latest",
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    consumer.subscribe([settings.topic("status")])
-
-    def follow() -> None:
-        while not stop.is_set():
-            msg = consumer.poll(0.05)
-            if msg is None or msg.error():
-                continue
-            record = codec.decode("status", msg.value())
-            got.setdefault(record["message_id"], time.monotonic())
-
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
-    time.sleep(3)  # let the reader join and fix its "latest" offsets
     now_ms = int(time.time() * 1000) - 86_400_000
     n = int(rate * seconds)
-    with EventProducer(settings, overrides={"linger.ms": 1}) as producer:
-        start = time.monotonic()
-        for i in range(n):
-            due = start + i / rate
-            while (delay := due - time.monotonic()) > 0:
-                time.sleep(min(delay, 0.01))
-            mid = f"LAT-{i}"
-            producer.send(
-                "send",
-                {
-                    "event_id": f"lat-{i}",
-                    "event_time": now_ms + i,
-                    "delivery_id": "LAT",
-                    "message_id": mid,
-                    "recipient": f"lat{i}@example.net",
-                    "kind": "relayed",
-                },
-            )
-            sent[mid] = time.monotonic()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(got.keys() & sent.keys()) < len(sent):
-        time.sleep(0.1)
-    stop.set()
-    reader.join(5)
-    consumer.close()
-    lat = sorted((got[m] - sent[m]) * 1000 for m in sent if m in got)
+    with FirstSeen(settings, "status", "message_id") as follower:
+        with EventProducer(settings, overrides={"linger.ms": 1}) as producer:
+            start = time.monotonic()
+            for i in range(n):
+                due = start + i / rate
+                while (delay := due - time.monotonic()) > 0:
+                    time.sleep(min(delay, 0.01))
+                mid = f"LAT-{i}"
+                producer.send(
+                    "send",
+                    {
+                        "event_id": f"lat-{i}",
+                        "event_time": now_ms + i,
+                        "delivery_id": "LAT",
+                        "message_id": mid,
+                        "recipient": f"lat{i}@example.net",
+                        "kind": "relayed",
+                    },
+                )
+                sent[mid] = time.monotonic()
+        follower.wait_for(set(sent))
+    result = figures(sent, follower.seen)
     return {
         "latency_rate_eps": round(rate, 1),
         "latency_events": n,
-        "latency_received": len(lat),
-        "p50_ms": round(statistics.median(lat), 1) if lat else -1.0,
-        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else -1.0,
+        "latency_received": result["received"],
+        "p50_ms": result.get("p50_ms", -1.0),
+        "p99_ms": result.get("p99_ms", -1.0),
     }
 
 

@@ -127,6 +127,34 @@ def _src_with(rec: dict[str, Any] | None, family: str, offset: int) -> dict[str,
     return src
 
 
+def _write(
+    store: Store,
+    index: _DueIndex,
+    key: str,
+    rec: dict[str, Any] | None,
+    state: dict[str, Any],
+    shown: dict[str, Any],
+    changed: bool,
+    due: int | None,
+    partition: int,
+    offset: int,
+    family: str,
+) -> int:
+    """Store a keyed record (state, what was last published, version, source offsets,
+    partition, due time) and index its due time; returns the version."""
+    version = rec["v"] + (1 if changed else 0) if rec else 1
+    store[key] = {
+        "s": state,
+        "view": shown,
+        "v": version,
+        "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
+        "p": partition,
+        "due": due,
+    }
+    index.push(partition, due, key)
+    return version
+
+
 def _is_redelivery(rec: dict[str, Any] | None, family: str, offset: int) -> bool:
     return rec is not None and offset <= rec["src"].get(family, -1)
 
@@ -282,20 +310,22 @@ class FeedbackProcessor:
         old_view = MessageView.from_dict(rec["view"]) if rec else None
         changed = view != old_view
         if changed or state_changed:
-            version = rec["v"] + (1 if changed else 0) if rec else 1
             due = message_status.deadline(state)
             if due is None or message_status.is_terminal(view):
                 due = max(state.last_seen, self.clock) + self.config.message_retention_ms
-            new_rec = {
-                "s": state.to_dict(),
-                "view": view.to_dict(),
-                "v": version,
-                "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
-                "p": partition,
-                "due": due,
-            }
-            self.messages[mid] = new_rec
-            self._message_due.push(partition, due, mid)
+            version = _write(
+                self.messages,
+                self._message_due,
+                mid,
+                rec,
+                state.to_dict(),
+                view.to_dict(),
+                changed,
+                due,
+                partition,
+                offset,
+                family,
+            )
             if changed:
                 out.append(self._status_record(mid, state.delivery_id, view, version))
                 self._kpi(state.delivery_id, old_view, view, partition, offset, family, out)
@@ -415,19 +445,22 @@ class FeedbackProcessor:
         }
         changed = rec is None or shown != rec["view"]
         if changed or state_changed:
-            version = rec["v"] + (1 if changed else 0) if rec else 1
             due = state.resets_at if (state.resets_at or -1) >= self.clock else None
             if due is None and view.state == address_health.VALID and state.max_seen is not None:
                 due = state.max_seen + self.config.address_retention_ms
-            self.addresses[address] = {
-                "s": state.to_dict(),
-                "view": shown,
-                "v": version,
-                "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
-                "p": partition,
-                "due": due,
-            }
-            self._address_due.push(partition, due, address)
+            version = _write(
+                self.addresses,
+                self._address_due,
+                address,
+                rec,
+                state.to_dict(),
+                shown,
+                changed,
+                due,
+                partition,
+                offset,
+                family,
+            )
             if changed:
                 out.append(self._address_record(address, shown, version))
                 return

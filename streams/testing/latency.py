@@ -37,59 +37,79 @@ def trigger(i: int, event_time_ms: int) -> dict[str, Any]:
     }
 
 
-def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[str, Any]:
-    """Produce ``triggers`` rate-limit replies ``gap_s`` apart; return latency figures (ms)."""
-    codec = Codec.from_settings(settings.schema_registry_url)
-    seen: dict[str, float] = {}
-    stop = threading.Event()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"latency-{time.time_ns()}",
-            "auto.offset.reset": "latest",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-            **settings.kafka_client_config(),
-        }
-    )
-    consumer.subscribe([settings.topic("throttle")])
-    assigned = threading.Event()
+class FirstSeen:
+    """Follows an output topic from its end in a thread and notes when each key (the value
+    of ``field``) is first seen, on the monotonic clock."""
 
-    def follow() -> None:
-        while not stop.is_set():
-            msg = consumer.poll(0.05)
-            if consumer.assignment():
-                assigned.set()
+    def __init__(self, settings: Settings, topic: str, field: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._codec = Codec.from_settings(settings.schema_registry_url)
+        self._topic, self._field = topic, field
+        self._stop = threading.Event()
+        self._assigned = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": f"first-seen-{time.time_ns()}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                **settings.kafka_client_config(),
+            }
+        )
+        self._consumer.subscribe([settings.topic(topic)])
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            if self._consumer.assignment():
+                self._assigned.set()
             if msg is None or msg.error():
                 continue
-            record = codec.decode("throttle", msg.value())
-            seen.setdefault(record["key"], time.monotonic())
+            record = self._codec.decode(self._topic, msg.value())
+            self.seen.setdefault(record[self._field], time.monotonic())
 
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
-    assigned.wait(30)
-    time.sleep(1.0)  # "latest" offsets are fixed once the assignment is in place
-    sent: dict[str, float] = {}
-    base = int(time.time() * 1000) - 3_600_000
-    with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
-        for i in range(triggers):
-            producer.send("retry", trigger(i, base + i))
-            producer._producer.flush(5)
-            sent[f"domain:lat{i}.example.com"] = time.monotonic()
-            time.sleep(gap_s)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(set(sent) & set(seen)) < len(sent):
-        time.sleep(0.1)
-    stop.set()
-    reader.join(5)
-    consumer.close()
+    def __enter__(self) -> FirstSeen:
+        self._thread.start()
+        self._assigned.wait(30)
+        time.sleep(1.0)  # "latest" offsets are fixed once the assignment is in place
+        return self
+
+    def wait_for(self, keys: set[str], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(keys & self.seen.keys()) < len(keys):
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def figures(sent: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
+    """Latency figures (ms) from send and first-seen times per key."""
     latencies = sorted((seen[k] - sent[k]) * 1000 for k in sent if k in seen)
     if not latencies:
-        return {"triggers": triggers, "received": 0}
+        return {"received": 0}
     return {
-        "triggers": triggers,
         "received": len(latencies),
         "p50_ms": round(statistics.median(latencies), 1),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
         "max_ms": round(latencies[-1], 1),
     }
+
+
+def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[str, Any]:
+    """Produce ``triggers`` rate-limit replies ``gap_s`` apart; return latency figures (ms)."""
+    with FirstSeen(settings, "throttle", "key") as follower:
+        sent: dict[str, float] = {}
+        base = int(time.time() * 1000) - 3_600_000
+        with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
+            for i in range(triggers):
+                producer.send("retry", trigger(i, base + i))
+                producer._producer.flush(5)
+                sent[f"domain:lat{i}.example.com"] = time.monotonic()
+                time.sleep(gap_s)
+        follower.wait_for(set(sent))
+    return {"triggers": triggers, **figures(sent, follower.seen)}
