@@ -117,9 +117,19 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, WorkerProcess]:
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, float, WorkerProcess]:
+    """Events/s of one worker over the pre-loaded topics, and its RSS (MB) before any."""
     worker = WorkerProcess(settings, log, views=False).start()
     worker.wait_ready(120)
+    assert worker.proc is not None
+    start_rss = _rss_mb(worker.proc.pid)
     first_at = None
     done = 0
     deadline = time.monotonic() + 1800
@@ -130,7 +140,7 @@ def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, WorkerP
         time.sleep(0.25)
     if first_at is None or done < total:
         raise RuntimeError(f"pipeline processed {done} of {total} events:\n{worker.tail()}")
-    return (done - first_done) / (time.monotonic() - first_at), worker
+    return (done - first_done) / (time.monotonic() - first_at), start_rss, worker
 
 
 def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
@@ -184,7 +194,7 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
         baseline = asyncio.run(_baseline(settings, len(events)))
         print(f"baseline {baseline:.0f} events/s", file=sys.stderr)
         log = Path(settings.run_dir) / f"{prefix}-worker.log"
-        pipeline, worker = _pipeline(settings, len(events), log)
+        pipeline, start_rss, worker = _pipeline(settings, len(events), log)
         print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
         assert worker.proc is not None
         messages = len({e["message_id"] for _, e in events})
@@ -197,8 +207,10 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
             "baseline_eps": round(baseline, 1),
             "ratio": round(pipeline / baseline, 3),
             **latency,
+            "start_rss_mb": round(start_rss, 1),
             "peak_rss_mb": round(rss_mb, 1),
-            "rss_mb_per_million_messages": round(rss_mb / messages * 1_000_000, 1),
+            # Growth over the start-up footprint, scaled to a million tracked messages.
+            "rss_mb_per_million_messages": round((rss_mb - start_rss) / messages * 1e6, 1),
         }
     finally:
         if worker is not None:
