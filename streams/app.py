@@ -11,7 +11,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,65 +171,45 @@ def build_app(settings: Settings) -> Components:
 
     family_of = {settings.topic(name): name for name in (*INPUT_TOPICS, "clock")}
 
-    async def guarded(event: EventT, step: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await step()
-        except DecodeError as exc:
-            await dead_letter(event, exc.kind, exc.reason)
-        except Exception as exc:  # a bug must not stop the stream: park the record
-            log.exception("processing failed at %s@%s", event.message.tp, event.message.offset)
-            await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+    def ingest(msg: Any) -> list[Output]:
+        family = family_of[msg.topic]
+        if family == "clock":
+            return parts.feedback.tick(int(json.loads(msg.value)["now"]), msg.partition, msg.offset)
+        record = codec.decode(family, msg.value)
+        validate_event(family, record)
+        return parts.feedback.process(family, record, msg.partition, msg.offset)
+
+    def kpi(msg: Any) -> list[Output]:
+        return parts.kpi.process(json.loads(msg.value), parts.feedback.clock, msg.offset)
+
+    def control(msg: Any) -> list[Output]:
+        data = json.loads(msg.value)
+        if "now" in data:
+            return parts.control.tick(int(data["now"]), msg.partition, msg.offset)
+        return parts.control.process(signal_from_dict(data), msg.partition, msg.offset)
+
+    def agent(channel: Any, name: str, step: Callable[[Any], list[Output]]) -> None:
+        async def run(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    await send_outputs(step(event.message))
+                except DecodeError as exc:
+                    await dead_letter(event, exc.kind, exc.reason)
+                except Exception as exc:  # a bug must not stop the stream: park the record
+                    msg = event.message
+                    log.exception("%s failed at %s@%s", name, msg.tp, msg.offset)
+                    await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+
+        app.agent(channel, name=name)(run)
 
     ingest_topics = app.topic(
         *(settings.topic(name) for name in (*INPUT_TOPICS, "clock")),
         key_serializer="raw",
         value_serializer="raw",
     )
-
-    @app.agent(ingest_topics, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            family = family_of[msg.topic]
-
-            async def step(family: str = family, msg: Any = msg) -> None:
-                if family == "clock":
-                    now = int(json.loads(msg.value)["now"])
-                    await send_outputs(parts.feedback.tick(now, msg.partition, msg.offset))
-                    return
-                record = codec.decode(family, msg.value)
-                validate_event(family, record)
-                outputs = parts.feedback.process(family, record, msg.partition, msg.offset)
-                await send_outputs(outputs)
-
-            await guarded(event, step)
-
-    @app.agent(topics["kpi-part"], name="kpi")
-    async def kpi(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-
-            async def step(msg: Any = msg) -> None:
-                part = json.loads(msg.value)
-                await send_outputs(parts.kpi.process(part, parts.feedback.clock, msg.offset))
-
-            await guarded(event, step)
-
-    @app.agent(topics["signal"], name="control")
-    async def control(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-
-            async def step(msg: Any = msg) -> None:
-                data = json.loads(msg.value)
-                if "now" in data:
-                    outputs = parts.control.tick(int(data["now"]), msg.partition, msg.offset)
-                else:
-                    signal = signal_from_dict(data)
-                    outputs = parts.control.process(signal, msg.partition, msg.offset)
-                await send_outputs(outputs)
-
-            await guarded(event, step)
+    agent(ingest_topics, "ingest", ingest)
+    agent(topics["kpi-part"], "kpi", kpi)
+    agent(topics["signal"], "control", control)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
