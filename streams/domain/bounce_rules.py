@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ahocorasick
+
 from streams.domain.types import FailureType, Qualification
 
 log = logging.getLogger(__name__)
@@ -289,32 +291,15 @@ def required_literals(pattern: str) -> list[str] | None:
     return literals
 
 
-# English letters by frequency (space first); others come after in code point order.
-_FREQUENCY = " etaoinsrhldcumfpgwybvkxjqz"
-
-
-def _trie_regex(literals: Iterable[str]) -> re.Pattern[str]:
-    trie: dict[str, Any] = {}
+def _automaton(literals: Iterable[str]) -> ahocorasick.Automaton:
+    """Aho-Corasick over the rules' required literals: one pass over the text finds every
+    occurrence, overlapping ones included (a regex alternation of the same literals cost
+    a third of each qualification)."""
+    automaton = ahocorasick.Automaton()
     for lit in literals:
-        node = trie
-        for ch in lit:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        # Frequent characters first: the regex engine tries branches in order.
-        keys = sorted((ch for ch in node if ch), key=lambda ch: (_FREQUENCY.find(ch) % 99, ch))
-        alts = [re.escape(ch) + build(node[ch]) for ch in keys]
-        if not alts:
-            return ""
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        if "" in node:
-            return ("(?:" + body + ")?") if len(alts) == 1 else body + "?"
-        return body
-
-    # The lookahead reports the longest literal at every position, so literals that
-    # overlap are all seen; shorter literals that are prefixes are added from a table.
-    return re.compile("(?=(" + build(trie) + "))")
+        automaton.add_word(lit, lit)
+    automaton.make_automaton()
+    return automaton
 
 
 # --------------------------------------------------------------------------------------
@@ -656,7 +641,7 @@ class Qualifier:
             )
             for lit in owners
         }
-        self._prefilter = _trie_regex(owners) if owners else None
+        self._prefilter = _automaton(owners) if owners else None
         self._code_rules = [r for r in self.rules if r.text is None]
         self._buckets: dict[tuple[int, int] | None, list[Rule]] = {}
         self._decide = (
@@ -718,7 +703,7 @@ class Qualifier:
         candidates: set[int] = set(self._always)
         if self._prefilter is not None:
             owners = self._owners
-            for lit in set(self._prefilter.findall(text.lower())):
+            for _end, lit in self._prefilter.iter(text.lower()):
                 candidates.update(owners[lit])
         entries = self._entries
         for i in sorted(candidates):
