@@ -31,8 +31,10 @@ reliability: $(STAMP)
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
 	$(BIN)/python tests/soak.py --duration 600
 
+# Qualifier speed, then one worker against the aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python tests/bench_qualify.py
+	$(BIN)/mta-feedback bench --events $(or $(EVENTS),50000)
 
 stack-up: $(STAMP)
 	$(BIN)/mta-feedback stack up
