@@ -27,7 +27,7 @@ lint: $(STAMP)
 reliability: $(STAMP)
 	$(BIN)/mta-feedback stack up
 	MTA_RELIABILITY=long $(BIN)/pytest -q -p no:cacheprovider -s \
-		tests/e2e/test_rebalance.py tests/e2e/test_redis_outage.py \
+		tests/e2e/test_crash_recovery.py tests/e2e/test_rebalance.py tests/e2e/test_redis_outage.py \
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
 	$(BIN)/python tests/soak.py --duration 600
 

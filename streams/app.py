@@ -86,7 +86,9 @@ class Components:
 
 
 def build_app(settings: Settings) -> Components:
-    faust_tuning.apply()
+    faust_tuning.apply(
+        {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+    )
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],

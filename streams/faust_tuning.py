@@ -7,6 +7,13 @@
   good (seen as lost deliveries in tests/e2e/test_crash_recovery.py under load). Here the
   buffer's flush waits until every record it took has reached the Kafka client, whose own
   flush Faust awaits next.
+- Lost table state after a restart on the embedded broker: Tansu reports a partition's
+  high watermark as the base offset of its last record batch, not the offset after its
+  last record (seen: watermark 880 with records up to 884). Faust restores a table's
+  changelog up to that watermark, so the last batch of changes was never restored while
+  the offsets of the inputs that made them were committed. High watermarks are therefore
+  checked by reading what lies at and after the reported one (Apache Kafka reports the
+  true end, where this finds nothing and changes nothing).
 - Feedback latency: faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500``
   hard-coded. The broker may hold a fetch that long when a partition is idle, and each
   agent hop pays it: the feedback path (input → signal → control record) has two hops,
@@ -17,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -25,11 +33,45 @@ from faust.transport.producer import ProducerBuffer
 FETCH_MAX_WAIT_MS = 50
 
 
+_client_config: dict[str, Any] = {}
+
+
+def _true_ends(reported: dict[Any, int]) -> dict[Any, int]:
+    """The offset after the last record of each partition, reading from the reported end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = dict(reported)
+    probe = Consumer(
+        {**_client_config, "group.id": "mta-feedback-watermark-probe", "enable.auto.commit": False}
+    )
+    try:
+        probe.assign([TopicPartition(tp.topic, tp.partition, hw) for tp, hw in reported.items()])
+        by_key = {(tp.topic, tp.partition): tp for tp in reported}
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 0.5:
+            messages = probe.consume(1000, timeout=0.1)
+            for msg in messages:
+                if msg.error() is None:
+                    tp = by_key[(msg.topic(), msg.partition())]
+                    ends[tp] = max(ends[tp], msg.offset() + 1)
+            if messages:
+                idle_since = time.monotonic()
+    finally:
+        probe.close()
+    return ends
+
+
 class _FastFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _highwaters(self, partitions: Any) -> Any:
+        reported = dict(await super()._highwaters(partitions))
+        if not _client_config or not reported:
+            return reported
+        return await asyncio.get_running_loop().run_in_executor(None, _true_ends, reported)
 
 
 def _new_consumer_thread(self: faust_aiokafka.Consumer) -> _FastFetchThread:
@@ -52,8 +94,13 @@ async def _flush(self: ProducerBuffer) -> None:
         await asyncio.sleep(0.001)
 
 
-def apply() -> None:
-    """Install the fixes; idempotent, affects this process's Faust apps only."""
+def apply(client_config: dict[str, Any]) -> None:
+    """Install the fixes; idempotent, affects this process's Faust apps only.
+
+    ``client_config`` is the confluent-kafka configuration (bootstrap servers and security)
+    used to check high watermarks."""
+    _client_config.clear()
+    _client_config.update(client_config)
     faust_aiokafka.Consumer._new_consumer_thread = _new_consumer_thread  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = _flush  # type: ignore[method-assign]
