@@ -8,6 +8,8 @@ from typing import Any
 
 from streams.config import Settings
 from streams.consumer import OutputConsumer
+from streams.producer import EventProducer
+from streams.testing.sample import Event
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -54,3 +56,18 @@ def collect_all(settings: Settings, topic: str, count: int, timeout: float = 90.
         while time.monotonic() < deadline and len(out) < count:
             out.extend(consumer.records(idle_timeout=1.0, max_wait=2.0))
     return out
+
+
+def produce_paced(
+    settings: Settings, events: list[Event], seconds: float, chunk: int, flush: bool = False
+) -> None:
+    """Send ``events`` spread evenly over ``seconds``, pausing after every ``chunk``
+    (flushing first when ``flush``, so the records are on the broker during the pause)."""
+    pause = seconds / max(1, len(events) / chunk)
+    with EventProducer(settings) as producer:
+        for i, (family, ev) in enumerate(events):
+            producer.send(family, ev)
+            if i % chunk == chunk - 1:
+                if flush:
+                    producer.flush()
+                time.sleep(pause)

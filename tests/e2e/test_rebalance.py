@@ -11,34 +11,22 @@ idempotent per event, which is what this test relies on and checks.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from streams.app import build_app
 from streams.config import Settings
-from streams.producer import EventProducer
-from streams.testing.sample import Event, SampleCampaign
+from streams.testing.sample import SampleCampaign
 from streams.testing.services import long_run
 from streams.testing.worker import WorkerProcess
 
-from .helpers import collect
+from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state
 
 pytestmark = pytest.mark.e2e
 
 RECIPIENTS = 6000 if long_run() else 2000
 PRODUCE_S = 60.0 if long_run() else 24.0
-
-
-def _produce(settings: Settings, events: list[Event], seconds: float) -> None:
-    chunk = 100
-    pause = seconds / max(1, len(events) / chunk)
-    with EventProducer(settings) as producer:
-        for i, (family, ev) in enumerate(events):
-            producer.send(family, ev)
-            if i % chunk == chunk - 1:
-                time.sleep(pause)
 
 
 def _statuses(settings: Settings, at_least: int) -> None:
@@ -61,7 +49,7 @@ def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_setting
     w1, w2, w3 = workers
     try:
         w1.start().wait_ready()
-        producer = threading.Thread(target=_produce, args=(settings, events, PRODUCE_S))
+        producer = threading.Thread(target=produce_paced, args=(settings, events, PRODUCE_S, 100))
         producer.start()
         _statuses(settings, RECIPIENTS // 10)
         w2.start().wait_ready()  # scale out: the partitions are shared

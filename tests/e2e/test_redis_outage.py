@@ -16,13 +16,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.config import Settings
-from streams.producer import EventProducer
-from streams.testing.sample import Event, SampleCampaign
+from streams.testing.sample import SampleCampaign
 from streams.testing.services import RedisServer, long_run
 from streams.testing.worker import WorkerProcess
 from streams.views import ViewStore
 
-from .helpers import collect
+from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state
 
 pytestmark = pytest.mark.e2e
@@ -41,18 +40,6 @@ def _status_end(settings: Settings) -> int:
         )
     finally:
         consumer.close()
-
-
-def _produce(settings: Settings, events: list[Event], seconds: float) -> None:
-    """Send ``events`` spread evenly over ``seconds``."""
-    chunk = 50
-    pause = seconds / max(1, len(events) / chunk)
-    with EventProducer(settings) as producer:
-        for i, (family, ev) in enumerate(events):
-            producer.send(family, ev)
-            if i % chunk == chunk - 1:
-                producer.flush()
-                time.sleep(pause)
 
 
 def _views(store: ViewStore) -> dict[str, dict[str, dict[str, Any]]]:
@@ -79,7 +66,7 @@ def test_redis_killed_and_restarted_empty_views_converge(make_settings, tmp_path
         assert worker.proc is not None
         pid = worker.proc.pid
         first, rest = events[: len(events) // 3], events[len(events) // 3 :]
-        _produce(settings, first, 0)
+        produce_paced(settings, first, 0, 50, True)
         collect(settings, "status", lambda got: len(got) >= 300, "message_id", timeout=60)
         store = ViewStore.from_settings(settings)
         deadline = time.monotonic() + 30
@@ -88,7 +75,9 @@ def test_redis_killed_and_restarted_empty_views_converge(make_settings, tmp_path
         assert store.scan("msg"), "views were not written before the outage"
 
         # The rest of the campaign arrives while Redis is down.
-        producer = threading.Thread(target=_produce, args=(settings, rest, OUTAGE_S * 0.8))
+        producer = threading.Thread(
+            target=produce_paced, args=(settings, rest, OUTAGE_S * 0.8, 50, True)
+        )
         redis_server.kill()
         killed_at = time.monotonic()
         producer.start()
