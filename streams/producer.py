@@ -8,30 +8,15 @@ raised by ``flush``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
-
-from confluent_kafka import KafkaError, Message, Producer
 
 from streams.avro import Codec
 from streams.config import Settings
+from streams.sink import DeliveryStats, ProducerError, RecordSink
 from streams.topics import INPUT_TOPICS
 
-log = logging.getLogger(__name__)
-
-
-class ProducerError(RuntimeError):
-    """Some records were not delivered (after the producer's own retries and timeout)."""
-
-
-@dataclass
-class DeliveryStats:
-    produced: int = 0
-    delivered: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)  # first few error texts, for the message
+__all__ = ["DeliveryStats", "EventProducer", "ProducerError"]
 
 
 class EventProducer:
@@ -45,30 +30,12 @@ class EventProducer:
     ) -> None:
         self.settings = settings
         self.codec = codec or Codec.from_settings(settings.schema_registry_url)
-        conf: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000,
-            # How long a record may wait for the broker before it is reported as failed.
-            "delivery.timeout.ms": 60000,
-            **settings.kafka_client_config(),
-            **(overrides or {}),
-        }
-        self._producer = Producer(conf)
+        self._sink = RecordSink(settings, overrides)
         self._topics = {family: settings.topic(family) for family in INPUT_TOPICS}
-        self.stats = DeliveryStats()
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            self.stats.delivered += 1
-            return
-        self.stats.failed += 1
-        if len(self.stats.errors) < 5:
-            self.stats.errors.append(str(err))
-        log.error("event not delivered: %s", err)
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._sink.stats
 
     def send(self, family: str, event: Mapping[str, Any]) -> None:
         """Encode and enqueue one event of ``family`` (send, bounce or retry)."""
@@ -80,27 +47,11 @@ class EventProducer:
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Enqueue already-encoded bytes (tools and tests use this for hostile input)."""
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room.
-                self._producer.poll(0.1)
-        self.stats.produced += 1
-        self._producer.poll(0)
+        self._sink.produce(topic, key, value)
 
     def flush(self, timeout: float = 60.0) -> DeliveryStats:
         """Wait for every record; raises ProducerError if any was not delivered."""
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise ProducerError(f"{remaining} records still undelivered after {timeout:.0f}s")
-        if self.stats.failed:
-            raise ProducerError(
-                f"{self.stats.failed} of {self.stats.produced} records failed: "
-                + "; ".join(self.stats.errors)
-            )
-        return self.stats
+        return self._sink.flush(timeout)
 
     def __enter__(self) -> EventProducer:
         return self

@@ -108,7 +108,7 @@ def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[
         with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
             for i in range(triggers):
                 producer.send("retry", trigger(i, base + i))
-                producer._producer.flush(5)
+                producer.flush(5)
                 sent[f"domain:lat{i}.example.com"] = time.monotonic()
                 time.sleep(gap_s)
         follower.wait_for(set(sent))
