@@ -23,6 +23,11 @@
   per partition after every SIGKILL in tests/e2e/test_crash_recovery.py). Here the seek
   happens while the stream partitions are still paused, and resuming them, resetting the
   read offsets and clearing the queues is one step with no await in between.
+- Per-record task: Faust's fetch loop hands every record over with
+  ``wait_first(callback(message), suspend_flow.wait())``, two tasks per record, so a busy
+  worker spent its time creating and cancelling tasks. The record is handed over directly
+  while the flow is not suspended (a suspension only happens in a rebalance, whose queue
+  clearing and seek to committed offsets cover whatever is handed over meanwhile).
 - Feedback latency: faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500``
   hard-coded. The broker may hold a fetch that long when a partition is idle, and each
   agent hop pays it: the feedback path (input → signal → control record) has two hops,
@@ -37,6 +42,7 @@ import time
 from typing import Any
 
 from faust.tables.recovery import Recovery
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 
@@ -164,6 +170,52 @@ async def _on_recovery_completed(self: Recovery, generation_id: int = 0) -> None
         self.log.info("Worker ready")
 
 
+async def _drain_messages(self: faust_consumer.Consumer, fetcher: Any) -> None:
+    """faust 0.15's ``Consumer._drain_messages`` with a direct hand-over (see above)."""
+    callback = self.callback
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    read_offset = self._read_offset
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+            records = self.getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in records:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    r_offset = read_offset.get(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # read before a seek back; dropped, as faust does
+                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if self.suspend_flow.is_set():
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    else:
+                        await callback(message)
+                    read_offset[tp] = offset
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            return
+        raise
+    finally:
+        self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
 def apply(client_config: dict[str, Any]) -> None:
     """Install the fixes; idempotent, affects this process's Faust apps only.
 
@@ -174,5 +226,6 @@ def apply(client_config: dict[str, Any]) -> None:
     faust_aiokafka.Consumer._new_consumer_thread = _new_consumer_thread  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = _flush  # type: ignore[method-assign]
+    faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]

@@ -41,12 +41,15 @@ from streams.config import Settings
 log = logging.getLogger(__name__)
 
 # Compare versions, replace the hash, maintain membership sets, optionally publish.
+# An equal version is applied: after a crash a worker may publish the same version again
+# with other content (its redelivered inputs interleaved differently), and the later record
+# is the one that stands, as on the compacted topic.
 # KEYS[1] hash; KEYS[2..] sets.  ARGV[1] version, ARGV[2] set member, ARGV[3] one char per
 # set key ('+' add, '-' remove), ARGV[4] channel or '', ARGV[5..] field/value pairs.
 _UPSERT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 local version = tonumber(ARGV[1])
-if current >= version then return 0 end
+if current > version then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 for i = 2, #KEYS do
