@@ -6,7 +6,7 @@ them with dicts. Both therefore compute the same results from the same events.
 Data flows one way:
 
     input event ─► FeedbackProcessor ─► status, address (outputs)
-                          │          └─► kpi-part ─► KpiAggregator ─► kpi (output)
+                          │          └─► kpi-part (per tick) ─► KpiAggregator ─► kpi (output)
                           └─► signal ─► ControlProcessor ─► reputation, throttle (outputs)
 
 Delivery is at least once. Each step stores, per key, the source offset of the input that
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from streams.domain import address_health, message_status
 from streams.domain.address_health import AddressState, QuarantinePolicy
 from streams.domain.bounce_rules import Qualifier
-from streams.domain.delivery_kpi import KpiCounts, kpi_delta
+from streams.domain.delivery_kpi import KpiCounts, KpiDelta, kpi_delta
 from streams.domain.message_status import MessageState, MessageView, ValidityPolicy
 from streams.domain.mx_rules import MxRules
 from streams.domain.reputation import (
@@ -48,6 +48,7 @@ from streams.domain.types import Qualification
 Store = MutableMapping[str, Any]
 
 _DAY_MS = 86_400_000
+_ZERO = KpiCounts()
 
 
 class Output(NamedTuple):
@@ -189,6 +190,10 @@ class FeedbackProcessor:
         # Partition → KPI sums recomputed from the messages table, not yet reconciled.
         self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
         self._kpi_checked: set[int] = set()
+        # Partition → delivery id → (counts change, retired change) not yet in kpi_parts.
+        # Partials are written and published once per tick, not once per event: a crash
+        # loses only these, and the reconciliation after the restart redoes them.
+        self._kpi_pending: dict[int, dict[str, tuple[KpiCounts, KpiCounts]]] = {}
 
     def reset_indexes(self) -> None:
         """Call after a rebalance: due indexes and KPI checks are redone lazily."""
@@ -196,6 +201,7 @@ class FeedbackProcessor:
         self._address_due.reset()
         self._kpi_truth = None
         self._kpi_checked.clear()
+        self._kpi_pending.clear()
 
     def _reconcile_kpis(self, partition: int, out: list[Output]) -> None:
         """Make the partition's KPI partials agree with its messages table.
@@ -255,6 +261,7 @@ class FeedbackProcessor:
             self._message_time(key, partition, offset, family, out)
         for key in self._address_due.pop_due(partition, self.clock):
             self._address_time(key, partition, offset, family, out)
+        out += self.flush_kpis(partition)
         return out
 
     # -- message status -------------------------------------------------------------
@@ -286,11 +293,7 @@ class FeedbackProcessor:
             and self.clock >= state.last_seen + self.config.message_retention_ms
         ):
             # The message's contribution moves from live to retired: the counts stay.
-            key = f"{state.delivery_id}|{partition}"
-            part = self.kpi_parts.get(key)
-            if part is not None:
-                retired = KpiCounts.from_dict(part["r"]).add(kpi_delta(None, view))
-                self.kpi_parts[key] = {**part, "r": retired.to_dict()}
+            self._kpi_add(partition, state.delivery_id, retired=kpi_delta(None, view))
             del self.messages[mid]
             return
         self._publish_message(mid, rec, state, False, partition, offset, family, out)
@@ -328,12 +331,12 @@ class FeedbackProcessor:
             )
             if changed:
                 out.append(self._status_record(mid, state.delivery_id, view, version))
-                self._kpi(state.delivery_id, old_view, view, partition, offset, family, out)
+                self._kpi(state.delivery_id, old_view, view, partition)
                 return
         if _is_redelivery(rec, family, offset):
             assert rec is not None
             out.append(self._status_record(mid, state.delivery_id, view, rec["v"]))
-            self._kpi_repeat(state.delivery_id, partition, out)
+            self._kpi_add(partition, state.delivery_id)
 
     def _status_record(self, mid: str, delivery_id: str, view: MessageView, version: int) -> Output:
         return Output(
@@ -358,30 +361,48 @@ class FeedbackProcessor:
     # -- delivery KPI partials ----------------------------------------------------------
 
     def _kpi(
-        self,
-        delivery_id: str,
-        old: MessageView | None,
-        new: MessageView,
-        partition: int,
-        offset: int,
-        family: str,
-        out: list[Output],
+        self, delivery_id: str, old: MessageView | None, new: MessageView, partition: int
     ) -> None:
         delta = kpi_delta(old, new)
-        if delta.is_zero:
-            return
-        key = f"{delivery_id}|{partition}"
-        rec = self.kpi_parts.get(key)
-        counts = KpiCounts.from_dict(rec["c"]) if rec else KpiCounts()
-        version = rec["v"] + 1 if rec else 1
-        new_rec = {"c": counts.add(delta).to_dict(), "r": rec["r"] if rec else {}, "v": version}
-        self.kpi_parts[key] = new_rec
-        out.append(self._part_record(delivery_id, partition, new_rec))
+        if not delta.is_zero:
+            self._kpi_add(partition, delivery_id, counts=delta)
 
-    def _kpi_repeat(self, delivery_id: str, partition: int, out: list[Output]) -> None:
-        rec = self.kpi_parts.get(f"{delivery_id}|{partition}")
-        if rec is not None:
-            out.append(self._part_record(delivery_id, partition, rec))
+    def _kpi_add(
+        self,
+        partition: int,
+        delivery_id: str,
+        counts: KpiDelta | None = None,
+        retired: KpiDelta | None = None,
+    ) -> None:
+        """Note a change of the partial; with no change, the partial is published again."""
+        pending = self._kpi_pending.setdefault(partition, {})
+        c, r = pending.get(delivery_id, (_ZERO, _ZERO))
+        pending[delivery_id] = (
+            c if counts is None else c.add(counts),
+            r if retired is None else r.add(retired),
+        )
+
+    def flush_kpis(self, partition: int) -> list[Output]:
+        """Write the partition's pending KPI partial changes and publish each changed
+        partial once (called on every tick of the partition)."""
+        out: list[Output] = []
+        for delivery_id, (c, r) in self._kpi_pending.pop(partition, {}).items():
+            key = f"{delivery_id}|{partition}"
+            rec = self.kpi_parts.get(key)
+            if c == _ZERO and r == _ZERO:
+                if rec is not None:
+                    out.append(self._part_record(delivery_id, partition, rec))
+                continue
+            counts = KpiCounts.from_dict(rec["c"]) + c if rec else c
+            retired = KpiCounts.from_dict(rec["r"]) + r if rec else r
+            # Retiring messages moves counts, it does not change them: same version, unsent.
+            publish = c != _ZERO or rec is None
+            version = 1 if rec is None else rec["v"] + 1 if publish else rec["v"]
+            new_rec = {"c": counts.to_dict(), "r": retired.to_dict(), "v": version}
+            self.kpi_parts[key] = new_rec
+            if publish:
+                out.append(self._part_record(delivery_id, partition, new_rec))
+        return out
 
     @staticmethod
     def _part_record(delivery_id: str, partition: int, rec: dict[str, Any]) -> Output:

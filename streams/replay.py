@@ -123,6 +123,8 @@ class Replayer:
         if self.feedback.clock > now:
             outputs += self.feedback.tick(self.feedback.clock, 0, self._offset)
             outputs += self.control.tick(self.feedback.clock, 0, self._offset)
+        else:
+            outputs += self.feedback.flush_kpis(0)  # the worker does this on each tick
         return self._route(outputs)
 
     def _route(self, outputs: list[Output]) -> list[Output]:

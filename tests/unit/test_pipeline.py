@@ -44,20 +44,52 @@ def topics(outputs):
 def test_a_redelivered_event_republishes_the_same_version_and_a_duplicate_does_not():
     fp = processor()
     first = fp.process("send", ev("M1", "relayed", 0), partition=0, offset=5)
-    assert topics(first) == ["status", "kpi-part", "address"]
+    assert topics(first) == ["status", "address"]
+    part = fp.flush_kpis(0)
+    assert topics(part) == ["kpi-part"] and part[0].value["v"] == 1
     again = fp.process("send", ev("M1", "relayed", 0), partition=0, offset=5)
     status = [o for o in again if o.topic == "status"]
     assert status and status[0].value["version"] == first[0].value["version"] == 1
-    assert "kpi-part" in topics(again)
+    assert [o.value["v"] for o in fp.flush_kpis(0)] == [1]  # the partial again, unchanged
     # The same event produced twice sits at a later offset: nothing changes, nothing is sent.
     assert fp.process("send", ev("M1", "relayed", 0), partition=0, offset=9) == []
+    assert fp.flush_kpis(0) == []
+
+
+def test_kpi_partials_are_published_once_per_tick_with_the_summed_change():
+    parts = {}
+    fp = processor(parts=parts)
+    for i in range(50):
+        fp.process("send", ev(f"M{i}", "relayed", i), 0, i)
+        fp.process("send", ev(f"M{i}", "delivered", 100 + i), 0, 100 + i)
+    fp.process("send", {**ev("X1", "relayed", 0), "delivery_id": "D2"}, 1, 1)
+    out = fp.tick(T0 + 200, 0, 300)
+    assert topics(out) == ["kpi-part"]  # one for D1 in partition 0; D2 waits for its own tick
+    assert out[0].value["c"]["to_deliver"] == 50 and out[0].value["c"]["sent"] == 50
+    assert out[0].value["v"] == 1 and parts["D1|0"]["c"] == out[0].value["c"]
+    assert [o.value["delivery_id"] for o in fp.tick(T0 + 200, 1, 2)] == ["D2"]
+    assert fp.tick(T0 + 300, 0, 301) == []
+
+
+def test_pending_kpi_changes_lost_in_a_rebalance_are_redone_by_reconciliation():
+    messages, parts = {}, {}
+    fp = processor(messages, parts)
+    fp.process("send", ev("M1", "relayed", 0), 0, 1)
+    fp.flush_kpis(0)
+    fp.process("send", ev("M1", "delivered", 1), 0, 2)
+    fp.process("send", ev("M2", "relayed", 2), 0, 3)
+    fp.reset_indexes()  # the partition was revoked before its tick and comes back
+    out = fp.tick(T0 + 10, 0, 4)
+    assert [o.value["c"]["to_deliver"] for o in out if o.topic == "kpi-part"] == [2]
+    assert parts["D1|0"]["c"]["sent"] == 1
 
 
 def test_the_clock_fails_a_message_when_its_validity_runs_out():
     fp = processor()
     fp.process("send", ev("M1", "relayed", 0, validity_seconds=3600), 0, 1)
     fp.process("retry", ev("M1", "deferred", 10, attempt=1, smtp_code=451), 0, 1)
-    assert fp.tick(T0 + H, 0, 1) == []  # exactly at the deadline nothing has happened yet
+    first = fp.tick(T0 + H, 0, 1)  # exactly at the deadline nothing has happened yet
+    assert topics(first) == ["kpi-part"] and first[0].value["c"]["failed_soft"] == 0
     out = fp.tick(T0 + H + 1, 0, 2)
     status = [o.value for o in out if o.topic == "status"]
     assert status[0]["status"] == "failed"
@@ -71,6 +103,7 @@ def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
     for i, kind in enumerate(["relayed", "delivered"]):
         fp.process("send", ev("M1", kind, i), 0, i)
     fp.process("send", ev("M2", "relayed", 5), 0, 3)
+    fp.flush_kpis(0)
     good = dict(parts["D1|0"]["c"])
     # The crash lost the last partial write but kept the message writes.
     parts["D1|0"] = {**parts["D1|0"], "c": {**good, "to_deliver": 1}}
@@ -78,6 +111,7 @@ def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
     out = restarted.process("send", ev("M3", "relayed", 6), 0, 4)
     fixed = [o.value for o in out if o.topic == "kpi-part"]
     assert fixed[0]["c"] == good  # first the correction
+    restarted.flush_kpis(0)
     assert parts["D1|0"]["c"]["to_deliver"] == 3
 
 
