@@ -11,11 +11,14 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import faust
+from faust import streams as faust_streams
 from faust.types import TP, EventT
 
 from streams import faust_tuning
@@ -84,15 +87,19 @@ def _changelog_via(sink: RecordSink, table: faust.Table) -> None:
     table.send_changelog = send_changelog  # type: ignore[method-assign]
 
 
-def _flush_before_commit(app: faust.App, sink: RecordSink, tables: list[faust.Table]) -> None:
-    """Faust flushes its producer before it commits offsets; flush the sink there too, so
-    no input offset is committed before its outputs and table changes are on the broker.
-    Persistent stores then learn how far their changelogs are written (as Faust's own
-    changelog callback would tell them)."""
+def _flush_before_commit(
+    app: faust.App, sink: RecordSink, tables: list[faust.Table], persist: Callable[[], None]
+) -> None:
+    """Faust flushes its producer before it commits offsets; ``persist`` writes the state
+    kept in memory between commits, then the sink is flushed too, so no input offset is
+    committed before its outputs and table changes are on the broker. Persistent stores
+    then learn how far their changelogs are written (as Faust's own changelog callback
+    would tell them)."""
     faust_flush = app.producer.flush
     changelogs = {t.changelog_topic.get_topic_name(): t for t in tables}
 
     async def flush() -> None:
+        persist()
         await faust_flush()
         await sink.aflush()
         for (topic, partition), offset in list(sink.delivered_offsets.items()):
@@ -101,6 +108,32 @@ def _flush_before_commit(app: faust.App, sink: RecordSink, tables: list[faust.Ta
                 table.data.set_persisted_offset(TP(topic, partition), offset)
 
     app.producer.flush = flush  # type: ignore[method-assign]
+
+
+class _PartitionEvent:
+    """Stands for the current event where Faust needs one to know a write's partition."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+class _Message(NamedTuple):
+    topic: str
+    partition: int
+
+
+@contextmanager
+def _writing_partition(topic: str, partition: int) -> Iterator[None]:
+    """Table writes outside stream iteration (at commit time): Faust tables and stores take
+    a write's partition from the current event, so one stands in for the duration."""
+    event = _PartitionEvent(topic, partition)
+    token = faust_streams._current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 def _check_login(settings: Settings) -> None:
@@ -195,7 +228,13 @@ def build_app(settings: Settings) -> Components:
         control=ControlProcessor(table("windows"), table("throttle-state"), rules),
     )
 
-    _flush_before_commit(app, sink, tables)
+    signal_topic = settings.topic("signal")
+    _flush_before_commit(
+        app,
+        sink,
+        tables,
+        lambda: parts.control.persist(lambda p: _writing_partition(signal_topic, p)),
+    )
     topic_names = {spec.name: settings.topic(spec.name) for spec in TOPICS}
 
     def send_outputs(outputs: list[Output]) -> None:

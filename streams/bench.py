@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -124,23 +125,42 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _pipeline(settings: Settings, total: int, log: Path) -> tuple[float, float, WorkerProcess]:
-    """Events/s of one worker over the pre-loaded topics, and its RSS (MB) before any."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Run(NamedTuple):
+    eps: float
+    cpu_ms_per_1k: float  # worker CPU per 1,000 events: steadier than eps on a shared machine
+    start_rss_mb: float
+    worker: WorkerProcess
+
+
+def _pipeline(settings: Settings, total: int, log: Path) -> _Run:
+    """Events/s and CPU per event of one worker over the pre-loaded topics, and its RSS
+    (MB) before any."""
     worker = WorkerProcess(settings, log, views=False).start()
     worker.wait_ready(120)
     assert worker.proc is not None
-    start_rss = _rss_mb(worker.proc.pid)
+    pid = worker.proc.pid
+    start_rss = _rss_mb(pid)
     first_at = None
     done = 0
     deadline = time.monotonic() + 1800
     while done < total and time.monotonic() < deadline:
         done = _committed(settings)
         if first_at is None and done > 0:
-            first_at, first_done = time.monotonic(), done
+            first_at, first_done, first_cpu = time.monotonic(), done, _cpu_s(pid)
         time.sleep(0.25)
     if first_at is None or done < total:
-        raise RuntimeError(f"pipeline processed {done} of {total} events:\n{worker.tail()}")
-    return (done - first_done) / (time.monotonic() - first_at), start_rss, worker
+        tail = worker.tail()
+        worker.stop()
+        raise RuntimeError(f"pipeline processed {done} of {total} events:\n{tail}")
+    eps = (done - first_done) / (time.monotonic() - first_at)
+    cpu = (_cpu_s(pid) - first_cpu) / (done - first_done) * 1e6
+    return _Run(eps, cpu, start_rss, worker)
 
 
 def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
@@ -194,7 +214,8 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
         baseline = asyncio.run(_baseline(settings, len(events)))
         print(f"baseline {baseline:.0f} events/s", file=sys.stderr)
         log = Path(settings.run_dir) / f"{prefix}-worker.log"
-        pipeline, start_rss, worker = _pipeline(settings, len(events), log)
+        measured = _pipeline(settings, len(events), log)
+        pipeline, start_rss, worker = measured.eps, measured.start_rss_mb, measured.worker
         print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
         assert worker.proc is not None
         messages = len({e["message_id"] for _, e in events})
@@ -206,6 +227,7 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
             "pipeline_eps": round(pipeline, 1),
             "baseline_eps": round(baseline, 1),
             "ratio": round(pipeline / baseline, 3),
+            "worker_cpu_ms_per_1k_events": round(measured.cpu_ms_per_1k, 1),
             **latency,
             "start_rss_mb": round(start_rss, 1),
             "peak_rss_mb": round(rss_mb, 1),

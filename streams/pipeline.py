@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -619,6 +620,11 @@ class ControlProcessor:
     Signals are keyed by provider group, so each group's windows and settings have one
     owner. The book and controller of a partition are rebuilt from the ``windows`` and
     ``settings`` tables the first time the partition is seen after a start or rebalance.
+
+    The tables are written by ``persist`` (the worker calls it before each offset commit),
+    not per signal: a key's window changes with every signal, and writing it each time
+    was half of the worker's table writes. Each stored record holds the offset of the last
+    signal it took in, so state persisted with a commit is never behind that commit.
     """
 
     def __init__(self, windows: Store, settings: Store, rules: MxRules) -> None:
@@ -626,9 +632,16 @@ class ControlProcessor:
         self.settings = settings
         self.rules = rules
         self._parts: dict[int, _PartitionControl] = {}
+        # key → (partition, offset of the last signal taken in) of changes not yet stored
+        self._dirty_windows: dict[str, tuple[int, int]] = {}
+        self._dirty_settings: dict[str, tuple[int, int]] = {}
 
     def reset(self) -> None:
+        """After a rebalance: unstored changes are dropped with the books; their signals
+        were not committed, so they come again and are counted into the stored state."""
         self._parts.clear()
+        self._dirty_windows.clear()
+        self._dirty_settings.clear()
 
     def _part(self, partition: int) -> _PartitionControl:
         part = self._parts.get(partition)
@@ -642,25 +655,32 @@ class ControlProcessor:
                     part.controller.restore(KeyState.from_dict(rec["s"]))
         return part
 
+    @staticmethod
+    def _offset(dirty: dict[str, tuple[int, int]], store: Store, key: str) -> int:
+        if key in dirty:
+            return dirty[key][1]
+        rec = store.get(key)
+        return -1 if rec is None else int(rec["o"])
+
     def process(self, signal: Signal, partition: int, offset: int) -> list[Output]:
         """Count the signal and let the controller react.
 
-        Windows and controller states are idempotent per signal: each stored record holds
-        the offset of the last signal it took in, and a redelivered signal (offset at or
-        below it) is not counted again; instead the settings it may have changed are
-        published again, in case the crash lost them.
+        Windows and controller states are idempotent per signal: a redelivered signal
+        (offset at or below the last one a key took in) is not counted again; instead the
+        settings it may have changed are published again, in case the crash lost them.
         """
         part = self._part(partition)
         keys = [key for _scope, key in signal_keys(signal)]
-        seen = frozenset(k for k in keys if offset <= self.windows.get(k, {}).get("o", -1))
+        seen = frozenset(
+            k for k in keys if offset <= self._offset(self._dirty_windows, self.windows, k)
+        )
         out = [self._reputation_record(r) for r in part.book.add(signal, skip=seen)]
         for key in keys:
-            window = part.book.window(key)
-            if window is not None and key not in seen:
-                self.windows[key] = {"w": window.to_dict(), "p": partition, "o": offset}
+            if key not in seen and part.book.window(key) is not None:
+                self._dirty_windows[key] = (partition, offset)
         _scope, main = main_key(signal)
         controlled = [main, f"ip_group:{signal.sending_ip}|{signal.group}"]
-        if offset <= self.settings.get(main, {}).get("o", -1):
+        if offset <= self._offset(self._dirty_settings, self.settings, main):
             for key in controlled:
                 setting = part.controller.setting(key)
                 if setting is not None:
@@ -669,20 +689,41 @@ class ControlProcessor:
         changed = part.controller.on_signal(signal, part.book)
         out += [throttle_output(setting) for setting in changed]
         for key in {*controlled, *(s.key for s in changed)}:
-            state = part.controller.state(key)
-            if state is not None:
-                self.settings[key] = {"s": state.to_dict(), "p": partition, "o": offset}
+            if part.controller.state(key) is not None:
+                self._dirty_settings[key] = (partition, offset)
         return out
 
     def tick(self, now_ms: int, partition: int, offset: int) -> list[Output]:
         part = self._part(partition)
         changed = part.controller.tick(now_ms)
         for setting in changed:
-            state = part.controller.state(setting.key)
-            if state is not None:
-                previous = self.settings.get(setting.key, {}).get("o", -1)
-                self.settings[setting.key] = {"s": state.to_dict(), "p": partition, "o": previous}
+            if part.controller.state(setting.key) is not None:
+                previous = self._offset(self._dirty_settings, self.settings, setting.key)
+                self._dirty_settings[setting.key] = (partition, previous)
         return [throttle_output(setting) for setting in changed]
+
+    def persist(
+        self, in_partition: Callable[[int], AbstractContextManager[object]] = nullcontext
+    ) -> None:
+        """Store every window and controller state changed since the last call; each
+        partition's writes happen inside ``in_partition(partition)``."""
+        by_partition: dict[int, list[tuple[Store, str, dict[str, Any]]]] = {}
+        for key, (partition, offset) in self._dirty_windows.items():
+            window = self._parts[partition].book.window(key)
+            if window is not None:
+                rec = {"w": window.to_dict(), "p": partition, "o": offset}
+                by_partition.setdefault(partition, []).append((self.windows, key, rec))
+        for key, (partition, offset) in self._dirty_settings.items():
+            state = self._parts[partition].controller.state(key)
+            if state is not None:
+                rec = {"s": state.to_dict(), "p": partition, "o": offset}
+                by_partition.setdefault(partition, []).append((self.settings, key, rec))
+        self._dirty_windows.clear()
+        self._dirty_settings.clear()
+        for partition, writes in by_partition.items():
+            with in_partition(partition):
+                for store, key, rec in writes:
+                    store[key] = rec
 
     def settings_off_baseline(self) -> list[ThrottleSetting]:
         """Settings that differ from their baseline, over the partitions held here."""

@@ -167,3 +167,44 @@ def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step
     assert google and google[0]["mode"] == "backoff"
     assert google[0]["max_rate_per_hour"] < rules.group("google").max_rate_per_hour.baseline
     assert all(not s.key.endswith("yahoo") for s in settings)
+
+
+def _gmail_signals(n):
+    rules = load_mx_rules(None)
+    make_signal = signal_output(rules)
+    q = default_qualifier().qualify(421, "4.7.28", "421 4.7.28 rate limited - gsmtp")
+    signals = []
+    for i in range(n):
+        event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
+        event["recipient"] = f"user{i}@gmail.com"
+        signals.append(signal_from_dict(make_signal("retry", event, q).value))
+    return rules, signals
+
+
+def _windows(control):
+    control.persist()
+    return {k: v["w"] for k, v in control.windows.items()}
+
+
+def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_once():
+    rules, signals = _gmail_signals(10)
+    once = ControlProcessor({}, {}, rules)
+    for i, signal in enumerate(signals):
+        once.process(signal, 0, i)
+    windows, settings = {}, {}
+    crashed = ControlProcessor(windows, settings, rules)
+    for i, signal in enumerate(signals[:4]):
+        crashed.process(signal, 0, i)
+    crashed.persist()
+    assert windows and settings
+    stored = dict(windows)
+    for i, signal in enumerate(signals[4:7], 4):
+        crashed.process(signal, 0, i)
+    assert windows == stored  # nothing written between two commits
+    # The crash loses what was not persisted; the input comes again from offset 2, the
+    # last commit being older than the last persist.
+    restarted = ControlProcessor(windows, settings, rules)
+    for i, signal in enumerate(signals[2:], 2):
+        restarted.process(signal, 0, i)
+    assert _windows(restarted) == _windows(once)
+    assert {k: v["s"] for k, v in settings.items()} == {k: v["s"] for k, v in once.settings.items()}
