@@ -222,6 +222,7 @@ def build_app(settings: Settings) -> Components:
             table("addresses"),
             table("kpi-parts"),
             qualifier,
+            settings.pipeline_config(),
             signal_fn=signal_output(rules),
         ),
         kpi=KpiAggregator(table("kpi-sums")),

@@ -24,8 +24,10 @@ def _settings() -> Settings:
 
 
 def cmd_config(_args: argparse.Namespace) -> int:
-    for env, value, doc in _settings().describe():
-        print(f"{env:28} {value:28} {doc}")
+    rows = _settings().describe()
+    width = max(len(env) for env, _, _ in rows)
+    for env, value, doc in rows:
+        print(f"{env:{width}} {value:28} {doc}")
     return 0
 
 
@@ -81,8 +83,14 @@ def cmd_views(_args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams import replay
+    from streams.domain.bounce_rules import RulesError
+    from streams.domain.mx_rules import MxRulesError
 
-    return replay.run(args.file)
+    try:
+        return replay.run(args.file, settings=_settings())
+    except (RulesError, MxRulesError) as exc:
+        print(f"mta-feedback replay: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_qualify(args: argparse.Namespace) -> int:

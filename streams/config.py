@@ -12,6 +12,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streams.domain.address_health import QuarantinePolicy
+from streams.domain.message_status import ValidityPolicy
+from streams.pipeline import PipelineConfig
+
+_DAY_S = 86_400
+
 
 class ConfigError(ValueError):
     """A configuration variable has a value that cannot be used."""
@@ -147,6 +153,46 @@ class Settings:
     sasl_username: str = _var("MTA_SASL_USERNAME", "", doc="Kafka SASL user")
     sasl_password: str = _var("MTA_SASL_PASSWORD", "", doc="Kafka SASL password", secret=True)
     ssl_cafile: str = _var("MTA_SSL_CAFILE", "", _optional_path, "CA bundle for Kafka TLS")
+    # Domain thresholds: every worker of a group, and replay, must use the same values.
+    validity_default_s: int = _var(
+        "MTA_VALIDITY_DEFAULT_S", 5 * _DAY_S, _int(1, 365 * _DAY_S), "Validity when none is asked"
+    )
+    validity_max_s: int = _var(
+        "MTA_VALIDITY_MAX_S", 7 * _DAY_S // 2, _int(1, 365 * _DAY_S), "Cap on any validity"
+    )
+    quarantine_soft_threshold: int = _var(
+        "MTA_QUARANTINE_SOFT_THRESHOLD", 5, _int(1, 1000), "Counted soft errors that quarantine"
+    )
+    quarantine_soft_spacing_s: int = _var(
+        "MTA_QUARANTINE_SOFT_SPACING_S",
+        _DAY_S,
+        _int(0, 365 * _DAY_S),
+        "Least time between two counted soft errors",
+    )
+    quarantine_reset_after_s: int = _var(
+        "MTA_QUARANTINE_RESET_AFTER_S",
+        10 * _DAY_S,
+        _int(1, 365 * _DAY_S),
+        "Error count resets after this long without error",
+    )
+    quarantine_mailbox_full_lift_s: int = _var(
+        "MTA_QUARANTINE_MAILBOX_FULL_LIFT_S",
+        30 * _DAY_S,
+        _int(1, 3650 * _DAY_S),
+        "A Mailbox full quarantine lifts after this long",
+    )
+    message_retention_s: int = _var(
+        "MTA_MESSAGE_RETENTION_S",
+        7 * _DAY_S,
+        _int(1, 365 * _DAY_S),
+        "Event time a final message stays tracked (late async bounces)",
+    )
+    address_retention_s: int = _var(
+        "MTA_ADDRESS_RETENTION_S",
+        30 * _DAY_S,
+        _int(1, 3650 * _DAY_S),
+        "Event time a valid, idle address stays tracked",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +218,25 @@ class Settings:
             raise ConfigError(
                 "MTA_HEARTBEAT_INTERVAL_S must be at most a third of MTA_SESSION_TIMEOUT_S"
             )
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The domain thresholds above, as the pipeline steps take them."""
+        spacing, threshold = self.quarantine_soft_spacing_s, self.quarantine_soft_threshold
+        return PipelineConfig(
+            validity=ValidityPolicy(
+                default_validity_s=self.validity_default_s, max_validity_s=self.validity_max_s
+            ),
+            quarantine=QuarantinePolicy(
+                soft_spacing_s=spacing,
+                soft_threshold=threshold,
+                reset_after_s=self.quarantine_reset_after_s,
+                mailbox_full_lift_s=self.quarantine_mailbox_full_lift_s,
+                # The span the soft-error rules look back over (the policy's own default).
+                horizon_s=self.quarantine_reset_after_s + spacing * threshold,
+            ),
+            message_retention_ms=self.message_retention_s * 1000,
+            address_retention_ms=self.address_retention_s * 1000,
+        )
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name such as ``send`` or ``status``."""

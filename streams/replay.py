@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from streams.avro import Codec, DecodeError
+from streams.config import Settings
 from streams.domain.address_health import AddressState
 from streams.domain.address_health import view as address_view
-from streams.domain.bounce_rules import Qualifier, default_qualifier
+from streams.domain.bounce_rules import Qualifier, default_qualifier, load_qualifier
 from streams.domain.message_status import MessageState
 from streams.domain.message_status import view as message_view
 from streams.domain.mx_rules import MxRules, load_mx_rules
@@ -191,8 +192,19 @@ class Replayer:
             }
 
 
-def run(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    replayer = Replayer()
+def run(
+    path: str,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    settings: Settings | None = None,
+) -> int:
+    """Replay with the workers' configuration: operator rule files and thresholds."""
+    settings = settings or Settings.from_env()
+    replayer = Replayer(
+        load_qualifier(settings.bounce_rules_file or None),
+        settings.pipeline_config(),
+        rules=load_mx_rules(settings.mx_rules_file or None),
+    )
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             replayer.run_lines(fh)
