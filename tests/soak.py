@@ -9,6 +9,13 @@ JSON line gives the worker's RSS and the consumer lag; a final JSON summary give
 growth after warm-up (target < 10 %) and the lag trend (events/s, ~0 when keeping up).
 Uses the shared broker with its own topics and a private redis-server; exit code 1 if a
 target is missed.
+
+The input is a sender at steady state: campaigns follow each other every 6 hours of event
+time, to an audience of ``--audience`` campaigns' worth of recipients (each campaign mails
+one of those lists again, as senders do). Tracked state is bounded by the retention of
+final messages (``MTA_MESSAGE_RETENTION_S``, 7 days in production) and of idle addresses;
+production reaches that plateau after its retention period, so the soak shortens the
+retention (``--retention-s``) to reach it within its warm-up (the first quarter).
 """
 
 from __future__ import annotations
@@ -67,12 +74,21 @@ class Lag:
         self._consumer.close()
 
 
-def campaigns() -> Iterator[Event]:
-    """An endless stream of sample campaigns, each with its own delivery id."""
+CAMPAIGN_SPACING_MS = 6 * 3_600_000
+
+
+def campaigns(audience: int) -> Iterator[Event]:
+    """An endless stream of sample campaigns, each with its own delivery id and start time,
+    to ``audience`` lists of recipients in turn."""
     n = 0
     while True:
         n += 1
-        yield from SampleCampaign(recipients=2000, seed=n, delivery_id=f"S{n}").events()
+        yield from SampleCampaign(
+            recipients=2000,
+            seed=n % audience,
+            delivery_id=f"S{n}",
+            start_ms=SampleCampaign.start_ms + n * CAMPAIGN_SPACING_MS,
+        ).events()
 
 
 def wait_drained(lag: Lag, produced: int, timeout: float) -> float:
@@ -98,7 +114,9 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
 
 
-def run(duration: float, interval: float, burst: int, workdir: Path) -> int:
+def run(
+    duration: float, interval: float, burst: int, workdir: Path, audience: int, retention_s: int
+) -> int:
     redis_server = RedisServer(workdir / "redis.log").start()
     prefix = f"soak{uuid.uuid4().hex[:8]}"
     settings = dataclasses.replace(
@@ -107,11 +125,13 @@ def run(duration: float, interval: float, burst: int, workdir: Path) -> int:
         app_id=prefix,
         redis_url=redis_server.url,
         data_dir=str(workdir / "data"),
+        message_retention_s=retention_s,
+        address_retention_s=retention_s,
     )
     Stack(settings).create_topics()
     worker = WorkerProcess(settings, workdir / "worker.log").start()
     lag = Lag(settings)
-    events = campaigns()
+    events = campaigns(audience)
     try:
         worker.wait_ready()
         assert worker.proc is not None
@@ -159,12 +179,14 @@ def run(duration: float, interval: float, burst: int, workdir: Path) -> int:
         worker.stop()
         redis_server.kill()
 
-    warm = [s for s in samples if s["t"] >= min(60, duration * 0.2)] or samples
+    warm = [s for s in samples if s["t"] >= duration / 4] or samples
     growth = (warm[-1]["rss_mb"] - warm[0]["rss_mb"]) / warm[0]["rss_mb"] * 100
     lag_trend = slope([(s["t"], s["lag"]) for s in warm])
     summary = {
         "phase": "summary",
         "duration_s": duration,
+        "retention_s": retention_s,
+        "audience_recipients": audience * 2000,
         "max_rate": round(max_rate),
         "soak_rate": round(rate),
         "events": sent,
@@ -186,9 +208,20 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=600, help="soak seconds")
     parser.add_argument("--interval", type=float, default=10, help="seconds between samples")
     parser.add_argument("--burst", type=int, default=4000, help="events to measure max rate")
+    parser.add_argument(
+        "--audience", type=int, default=10, help="recipient lists of 2,000 mailed in turn"
+    )
+    parser.add_argument(
+        "--retention-s",
+        type=int,
+        default=86_400,
+        help="event-time retention of final messages and idle addresses (production: days)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        return run(args.duration, args.interval, args.burst, Path(tmp))
+        return run(
+            args.duration, args.interval, args.burst, Path(tmp), args.audience, args.retention_s
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Two kinds of outage:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Literal
 
@@ -18,7 +19,16 @@ Mode = Literal["forward", "refuse", "blackhole"]
 
 
 class TcpProxy:
-    def __init__(self, listen_port: int, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        listen_port: int,
+        target_port: int,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: accept TLS connections only, and forward in plain TCP (a TLS listener
+        in front of a broker that has none)."""
+        self.tls = tls
         self.listen_port = listen_port
         self.target_port = target_port
         self.host = host
@@ -49,7 +59,9 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)  # type: ignore[arg-type]
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.listen_port)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.listen_port, ssl=self.tls
+        )
 
     async def _cut(self, mode: Literal["refuse", "blackhole"]) -> None:
         self.mode = mode

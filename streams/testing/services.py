@@ -68,29 +68,42 @@ class RedisServer(_Service):
     """redis-server without persistence: a restart comes back empty.
 
     ``acl_user`` = (name, password) adds an ACL user allowed everything and turns the
-    default user off, so only that user can connect.
+    default user off, so only that user can connect. ``tls`` = (certificate, key, CA
+    bundle) files serves TLS only, on ``port``.
     """
 
     def __init__(
-        self, log_path: Path, port: int | None = None, acl_user: tuple[str, str] | None = None
+        self,
+        log_path: Path,
+        port: int | None = None,
+        acl_user: tuple[str, str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         super().__init__(log_path)
         self.port = port or free_port()
         self.acl_user = acl_user
+        self.tls = tls
 
     @property
     def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
         if self.acl_user:
             user, password = self.acl_user
-            return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
-        return f"redis://127.0.0.1:{self.port}/0"
+            return f"{scheme}://{user}:{password}@127.0.0.1:{self.port}/0"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        argv = [server, "--bind", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--save", "", "--appendonly", "no"]
+        argv = [server, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.tls:
+            cert, key, ca = self.tls
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            argv += ["--tls-ca-cert-file", str(ca)]
+        else:
+            argv += ["--port", str(self.port)]
         if self.acl_user:
             user, password = self.acl_user
             argv += ["--user", user, "on", f">{password}", "~*", "&*", "+@all"]

@@ -1,5 +1,5 @@
-"""Security settings from configuration only: Kafka SASL, Redis ACL users, no recipient
-address in the logs.
+"""Security settings from configuration only: Kafka SASL and TLS, Redis ACL users and TLS,
+no recipient address in the logs.
 
 Kafka SASL against Tansu (``--authentication``), found by trying:
 - SCRAM-SHA-256 and SCRAM-SHA-512 are offered: the clients reach the SCRAM exchange and the
@@ -12,14 +12,18 @@ Kafka SASL against Tansu (``--authentication``), found by trying:
   that the producer, the OutputConsumer and a Faust worker all speak SCRAM from MTA_* settings
   alone and that a rejected login fails at once with a clear KafkaAuthError. The successful
   path is for the docker/ stack (Apache Kafka).
-- TLS (SSL / SASL_SSL, MTA_SSL_CAFILE) is not tested: it needs a broker listener with a
-  certificate, which the Tansu build here does not give the Kafka clients a way to verify in
-  this setup; against Apache Kafka it is configuration only (ssl.ca.location, ssl context).
+- TLS (MTA_SECURITY_PROTOCOL=SSL, MTA_SSL_CAFILE): Tansu here has no TLS listener, so a
+  TLS-terminating proxy (streams/testing/proxy.py) with a certificate from a private CA
+  stands in front of it; every client speaks TLS to it and verifies it with that CA. SASL
+  over TLS (SASL_SSL) combines the two paths above and is not run here.
+- Redis: an ACL user and TLS with a private CA, both from REDIS_URL alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ssl
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -31,8 +35,11 @@ from streams.avro import Codec
 from streams.config import KafkaAuthError, Settings
 from streams.consumer import OutputConsumer
 from streams.producer import EventProducer
+from streams.sink import ProducerError
+from streams.stack import Stack
+from streams.testing.proxy import TcpProxy
 from streams.testing.sample import SampleCampaign
-from streams.testing.services import RedisServer, TansuBroker
+from streams.testing.services import RedisServer, TansuBroker, free_port
 from streams.testing.worker import WorkerProcess
 from streams.views import ViewStore
 
@@ -118,6 +125,121 @@ def test_redis_acl_user_from_redis_url(tmp_path, make_settings):
                 bad.read("msg", "M1")
     finally:
         server.kill()
+
+
+def _self_signed(tmp_path):
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    )
+    return tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+
+
+def test_redis_tls_from_redis_url(tmp_path, make_settings):
+    cert, key, ca = _self_signed(tmp_path)
+    server = RedisServer(tmp_path / "redis.log", tls=(cert, key, ca)).start()
+    try:
+        settings = make_settings(redis_url=f"{server.url}?ssl_ca_certs={ca}")
+        store = ViewStore.from_settings(settings)
+        record = {"message_id": "M1", "status": "sent", "version": 1, "event_id": "E1"}
+        assert store.write("status", [record]) == 1
+        assert store.read("msg", "M1")["status"] == "sent"
+        # Without the CA the server is not trusted; without TLS it does not answer.
+        for url in (server.url, server.url.replace("rediss://", "redis://")):
+            bad = ViewStore.from_settings(dataclasses.replace(settings, redis_url=url))
+            with pytest.raises(redis.ConnectionError):
+                bad.read("msg", "M1")
+    finally:
+        server.kill()
+
+
+def test_kafka_tls_reaches_every_client(tmp_path):
+    """MTA_SECURITY_PROTOCOL=SSL and MTA_SSL_CAFILE alone make the producer, the Faust worker
+    (aiokafka), its sink and probes (librdkafka), the admin client and the OutputConsumer
+    speak TLS. Tansu has no TLS listener here, so a TLS-terminating proxy stands in front of
+    it and the broker advertises the proxy: every connection goes through TLS."""
+    cert, key, ca = _self_signed(tmp_path)
+    proxy_port = free_port()
+    broker = TansuBroker(tmp_path / "broker.log", advertised_port=proxy_port).start()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    proxy = TcpProxy(proxy_port, broker.port, tls=context).start()
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings = Settings.from_env(
+        {
+            "MTA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "MTA_TOPIC_PREFIX": prefix,
+            "MTA_APP_ID": prefix,
+            "MTA_SECURITY_PROTOCOL": "SSL",
+            "MTA_SSL_CAFILE": str(ca),
+            "MTA_REDIS_VIEWS": "false",
+        }
+    )
+    worker = WorkerProcess(settings, tmp_path / "worker.log", views=False)
+    try:
+        Stack(settings).create_topics()
+        worker.start().wait_ready(120)
+        with EventProducer(settings) as producer:
+            producer.send("send", event("TLS1", "relayed", 0))
+        statuses = collect_all(settings, "status", 1)
+        assert [s.value["status"] for s in statuses] == ["taken_into_account"]
+        assert proxy.connections >= 3  # producer, worker, consumer at least
+        # A client that does not trust the CA gets nothing through.
+        untrusted = dataclasses.replace(settings, ssl_cafile="")
+        producer = EventProducer(untrusted, overrides={"message.timeout.ms": 5000})
+        producer.send("send", event("TLS2", "relayed", 1))
+        with pytest.raises(ProducerError):
+            producer.flush(timeout=20)
+    finally:
+        worker.stop()
+        proxy.stop()
+        broker.kill()
 
 
 def test_no_recipient_address_in_the_worker_log(make_settings, tmp_path):
