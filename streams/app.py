@@ -80,7 +80,15 @@ def _changelog_via(sink: RecordSink, table: faust.Table) -> None:
     of Faust's per-record Python send path (the largest share of the worker's time)."""
     topic = table.changelog_topic.get_topic_name()
 
-    def send_changelog(partition: int, key: Any, value: Any, *_serializers: Any) -> _Sent:
+    def send_changelog(
+        partition: int,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> _Sent:
+        # Serializers are Faust's way to say "raw" for a deletion (value None): ignored, as
+        # keys and values are always JSON here and a deletion is a tombstone.
         sink.produce(topic, _json(key), None if value is None else _json(value), partition)
         return _Sent(_Partition(partition))
 

@@ -110,14 +110,15 @@ class _DueIndex:
             for heap in self._heaps.values():
                 heapq.heapify(heap)
         heap = self._heaps.setdefault(partition, [])
-        keys = []
+        keys: dict[str, None] = {}
         # Strictly before: at exactly the due time nothing has changed yet.
         while heap and heap[0][0] < now:
             due, key = heapq.heappop(heap)
             rec = self._store.get(key)
+            # A record rewritten with the same due time has two equal entries: one key once.
             if rec is not None and rec.get("due") == due:
-                keys.append(key)
-        return keys
+                keys[key] = None
+        return list(keys)
 
     def reset(self) -> None:
         self._heaps = None

@@ -208,3 +208,16 @@ def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_onc
         restarted.process(signal, 0, i)
     assert _windows(restarted) == _windows(once)
     assert {k: v["s"] for k, v in settings.items()} == {k: v["s"] for k, v in once.settings.items()}
+
+
+def test_a_record_rewritten_with_the_same_due_time_is_handled_once_when_due():
+    messages, parts = {}, {}
+    fp = processor(messages, parts, message_retention_ms=H)
+    fp.tick(T0, 0, 0)  # due times are indexed from here on
+    fp.process("send", ev("M2", "relayed", 100), 0, 1)  # the clock is ahead of M1's events
+    fp.process("send", ev("M1", "relayed", 0), 0, 2)
+    fp.process("send", ev("M1", "delivered", 1), 0, 3)
+    fp.process("bounce", ev("M1", "complaint", 2), 0, 4)  # rewritten, due unchanged
+    fp.tick(T0 + 100 + H + 1, 0, 5)
+    assert "M1" not in messages
+    assert parts["D1|0"]["c"]["sent"] == 1

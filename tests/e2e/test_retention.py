@@ -1,0 +1,79 @@
+"""End to end: messages leave the tables after their retention, with a changelog tombstone,
+and time-driven changes due in the same tick still happen."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.config import Settings
+from streams.producer import EventProducer
+from streams.testing.worker import WorkerProcess
+
+from .helpers import collect, collect_all, event
+
+pytestmark = pytest.mark.e2e
+
+H = 3_600_000
+
+
+def _tombstones(settings: Settings, table: str, timeout: float = 30.0) -> set[str]:
+    """Keys deleted on a table's changelog topic (records with no value)."""
+    topic = f"{settings.app_id}-{table}-changelog"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.app_id}-reader",
+            "enable.auto.commit": False,
+            **settings.kafka_client_config(),
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+    deleted: set[str] = set()
+    idle_since = time.monotonic()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() - idle_since < 3.0 and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error() is None:
+                    idle_since = time.monotonic()
+                    if msg.value() is None:
+                        deleted.add(msg.key().decode().strip('"'))
+    finally:
+        consumer.close()
+    return deleted
+
+
+def test_retention_deletes_final_messages_and_expiry_still_fires(make_settings, tmp_path):
+    settings = make_settings(message_retention_s=3600, address_retention_s=3600, redis_views=False)
+    worker = WorkerProcess(settings, tmp_path / "worker.log", views=False).start()
+    try:
+        worker.wait_ready()
+        with EventProducer(settings) as producer:
+            producer.send("send", event("RET1", "relayed", 0))
+            producer.send("send", event("RET1", "delivered", 1000))
+            producer.send("send", event("RET2", "relayed", 0, validity_seconds=5400))
+        collect(settings, "status", lambda s: {"RET1", "RET2"} <= set(s), "message_id")
+        # One event moves the clock past RET1's retention end (1 h after its last event)
+        # and RET2's validity (1.5 h): both are due in the same clock tick.
+        with EventProducer(settings) as producer:
+            producer.send("send", event("RET3", "relayed", 2 * H))
+        latest = collect(
+            settings,
+            "status",
+            lambda s: s.get("RET2", {}).get("status") == "failed",
+            "message_id",
+            timeout=60,
+        )
+        assert latest["RET2"]["status"] == "failed"
+        assert latest["RET2"]["failure_type"] == "soft"
+        assert latest["RET1"]["status"] == "sent"
+        deleted = _tombstones(settings, "messages")
+        assert "RET1" in deleted  # a restart restores the table without it
+        assert "RET3" not in deleted
+        assert collect_all(settings, "dlq", 1, timeout=5) == []
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.log_text()
