@@ -85,6 +85,7 @@ class KafkaControlPlane:
         )
         self._names = {settings.topic(n): n for n in ("throttle", "kpi")}
         self._latest = LatestRecords()
+        self._now_ms = 0  # the latest virtual time given to advance
 
     @property
     def throttle_records(self) -> int:
@@ -95,16 +96,26 @@ class KafkaControlPlane:
             self.producer.send(family, event)
 
     def advance(self, now_ms: int) -> None:
-        value = json.dumps({"now": now_ms}).encode()
-        for name in ("clock", "signal"):
+        self._now_ms = max(self._now_ms, now_ms)
+        self._tick(("clock", "signal"))
+
+    def _tick(self, names: Sequence[str]) -> None:
+        value = json.dumps({"now": self._now_ms}).encode()
+        for name in names:
             for p in range(self.settings.partitions):
                 self._ticks.produce(self.settings.topic(name), value, partition=p)
+        if self._ticks.flush(self.timeout_s):
+            raise SyncTimeout("clock ticks not delivered")
 
     def sync(self) -> None:
         self.producer.flush(self.timeout_s)
-        if self._ticks.flush(self.timeout_s):
-            raise SyncTimeout("clock ticks not delivered")
+        self._tick(())
         self._caught_up((*INPUT_TOPICS, "clock"))
+        # KPI partials go out on a partition's clock tick, and a tick may have been taken
+        # before the inputs of its partition (another topic): one more tick, once they are
+        # all in, publishes every partial they changed.
+        self._tick(("clock",))
+        self._caught_up(("clock",))
         self._caught_up(("signal", "kpi-part"))
         self._read_outputs()
 

@@ -219,6 +219,7 @@ def test_kafka_tls_reaches_every_client(tmp_path):
             "MTA_SECURITY_PROTOCOL": "SSL",
             "MTA_SSL_CAFILE": str(ca),
             "MTA_REDIS_VIEWS": "false",
+            "MTA_DATA_DIR": str(tmp_path / "data"),
         }
     )
     worker = WorkerProcess(settings, tmp_path / "worker.log", views=False)
