@@ -104,17 +104,20 @@ class KafkaControlPlane:
         for name in names:
             for p in range(self.settings.partitions):
                 self._ticks.produce(self.settings.topic(name), value, partition=p)
+
+    def _flush_ticks(self) -> None:
         if self._ticks.flush(self.timeout_s):
             raise SyncTimeout("clock ticks not delivered")
 
     def sync(self) -> None:
         self.producer.flush(self.timeout_s)
-        self._tick(())
+        self._flush_ticks()
         self._caught_up((*INPUT_TOPICS, "clock"))
         # KPI partials go out on a partition's clock tick, and a tick may have been taken
         # before the inputs of its partition (another topic): one more tick, once they are
         # all in, publishes every partial they changed.
         self._tick(("clock",))
+        self._flush_ticks()
         self._caught_up(("clock",))
         self._caught_up(("signal", "kpi-part"))
         self._read_outputs()
