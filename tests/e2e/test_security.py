@@ -48,19 +48,27 @@ from .helpers import collect, collect_all, event
 pytestmark = pytest.mark.e2e
 
 
-def _sasl_settings(broker: TansuBroker, mechanism: str, password: str = "wrong") -> Settings:
+def _private_settings(broker: TansuBroker, **env: str) -> Settings:
+    """Settings for a private broker, from variables only: fresh names, no Redis views."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     return Settings.from_env(
         {
             "MTA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "MTA_TOPIC_PREFIX": prefix,
             "MTA_APP_ID": prefix,
-            "MTA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-            "MTA_SASL_MECHANISM": mechanism,
-            "MTA_SASL_USERNAME": "campaign",
-            "MTA_SASL_PASSWORD": password,
             "MTA_REDIS_VIEWS": "false",
+            **env,
         }
+    )
+
+
+def _sasl_settings(broker: TansuBroker, mechanism: str, password: str = "wrong") -> Settings:
+    return _private_settings(
+        broker,
+        MTA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        MTA_SASL_MECHANISM=mechanism,
+        MTA_SASL_USERNAME="campaign",
+        MTA_SASL_PASSWORD=password,
     )
 
 
@@ -210,17 +218,11 @@ def test_kafka_tls_reaches_every_client(tmp_path):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     proxy = TcpProxy(proxy_port, broker.port, tls=context).start()
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = Settings.from_env(
-        {
-            "MTA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "MTA_TOPIC_PREFIX": prefix,
-            "MTA_APP_ID": prefix,
-            "MTA_SECURITY_PROTOCOL": "SSL",
-            "MTA_SSL_CAFILE": str(ca),
-            "MTA_REDIS_VIEWS": "false",
-            "MTA_DATA_DIR": str(tmp_path / "data"),
-        }
+    settings = _private_settings(
+        broker,
+        MTA_SECURITY_PROTOCOL="SSL",
+        MTA_SSL_CAFILE=str(ca),
+        MTA_DATA_DIR=str(tmp_path / "data"),
     )
     worker = WorkerProcess(settings, tmp_path / "worker.log", views=False)
     try:
