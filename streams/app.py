@@ -172,11 +172,13 @@ class Components:
     dead_letters: int = 0
 
 
-def build_app(settings: Settings) -> Components:
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust application with this project's broker, commit and fetch configuration;
+    also the base of the benchmark's bare agent (streams/testing/bare_agent.py)."""
     faust_tuning.apply(
         {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
     )
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
@@ -197,6 +199,10 @@ def build_app(settings: Settings) -> Components:
         key_serializer="json",
         value_serializer="json",
     )
+
+
+def build_app(settings: Settings) -> Components:
+    app = faust_app(settings)
     codec = Codec.from_settings(settings.schema_registry_url)
 
     def topic(name: str) -> faust.TopicT:

@@ -4,12 +4,14 @@ In one run, on the same broker and the same events:
 
 1. produce N realistic Avro input events (a generated campaign) into fresh topics;
 2. baseline: an aiokafka consumer that decodes the same events and updates a dict;
-3. pipeline: one worker (decode, qualify, status, address, KPI, reputation, throttle,
+3. bare agent: a Faust worker (the pipeline's configuration) whose one agent does the
+   baseline's work, so the cost of Faust's per-event path is shown apart from ours;
+4. pipeline: one worker (decode, qualify, status, address, KPI, reputation, throttle,
    outputs) started on the pre-loaded topics; its rate is measured from its first
    committed offset to the last, so group join and start-up are left out;
-4. latency: events produced at 50% of the measured pipeline rate; end-to-end latency is
+5. latency: events produced at 50% of the measured pipeline rate; end-to-end latency is
    event produced → its message's first status record consumed;
-5. memory: the worker's peak RSS, per million tracked messages.
+6. memory: the worker's peak RSS, per million tracked messages.
 
 Prints one JSON line.
 """
@@ -36,6 +38,9 @@ from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
 from streams.testing.worker import WorkerProcess
 from streams.topics import INPUT_TOPICS
+
+# A Faust agent doing only the baseline's work, under the worker's configuration.
+BARE_AGENT = "streams.testing.bare_agent"
 
 
 def _events(n: int, seed: int, delivery: str) -> list[tuple[str, dict[str, Any]]]:
@@ -138,10 +143,10 @@ class _Run(NamedTuple):
     worker: WorkerProcess
 
 
-def _pipeline(settings: Settings, total: int, log: Path) -> _Run:
-    """Events/s and CPU per event of one worker over the pre-loaded topics, and its RSS
-    (MB) before any."""
-    worker = WorkerProcess(settings, log, views=False).start()
+def _pipeline(settings: Settings, total: int, log: Path, module: str | None = None) -> _Run:
+    """Events/s and CPU per event of one worker (the pipeline's, or another Faust worker
+    ``module``) over the pre-loaded topics, and its RSS (MB) before any."""
+    worker = WorkerProcess(settings, log, views=False, module=module).start()
     worker.wait_ready(120)
     assert worker.proc is not None
     pid = worker.proc.pid
@@ -168,26 +173,31 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
     sent: dict[str, float] = {}
     now_ms = int(time.time() * 1000) - 86_400_000
     n = int(rate * seconds)
+
+    def relayed(i: int | str, event_time: int) -> dict[str, Any]:
+        return {
+            "event_id": f"lat-{i}",
+            "event_time": event_time,
+            "delivery_id": "LAT",
+            "message_id": f"LAT-{i}",
+            "recipient": f"lat{i}@example.net",
+            "kind": "relayed",
+        }
+
     with FirstSeen(settings, "status", "message_id") as follower:
         with EventProducer(settings, overrides={"linger.ms": 1}) as producer:
+            # Not timed: an idempotent producer's first record waits for its producer id
+            # and metadata (about 0.5 s here), which is start-up, not pipeline latency.
+            producer.send("send", relayed("warm-up", now_ms))
+            producer.flush(10)
+            follower.wait_for({"LAT-warm-up"})
             start = time.monotonic()
             for i in range(n):
                 due = start + i / rate
                 while (delay := due - time.monotonic()) > 0:
                     time.sleep(min(delay, 0.01))
-                mid = f"LAT-{i}"
-                producer.send(
-                    "send",
-                    {
-                        "event_id": f"lat-{i}",
-                        "event_time": now_ms + i,
-                        "delivery_id": "LAT",
-                        "message_id": mid,
-                        "recipient": f"lat{i}@example.net",
-                        "kind": "relayed",
-                    },
-                )
-                sent[mid] = time.monotonic()
+                producer.send("send", relayed(i, now_ms + i))
+                sent[f"LAT-{i}"] = time.monotonic()
         follower.wait_for(set(sent))
     result = figures(sent, follower.seen)
     return {
@@ -213,8 +223,12 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
         print(f"produced {len(events)} events in {produce_s:.1f}s", file=sys.stderr)
         baseline = asyncio.run(_baseline(settings, len(events)))
         print(f"baseline {baseline:.0f} events/s", file=sys.stderr)
-        log = Path(settings.run_dir) / f"{prefix}-worker.log"
-        measured = _pipeline(settings, len(events), log)
+        run_dir = Path(settings.run_dir)
+        bare_settings = dataclasses.replace(settings, app_id=f"{prefix}-bare")
+        bare = _pipeline(bare_settings, len(events), run_dir / f"{prefix}-bare.log", BARE_AGENT)
+        bare.worker.stop()
+        print(f"bare Faust agent {bare.eps:.0f} events/s", file=sys.stderr)
+        measured = _pipeline(settings, len(events), run_dir / f"{prefix}-worker.log")
         pipeline, start_rss, worker = measured.eps, measured.start_rss_mb, measured.worker
         print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
         assert worker.proc is not None
@@ -227,7 +241,10 @@ def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str
             "pipeline_eps": round(pipeline, 1),
             "baseline_eps": round(baseline, 1),
             "ratio": round(pipeline / baseline, 3),
+            "bare_agent_eps": round(bare.eps, 1),
+            "bare_agent_ratio": round(bare.eps / baseline, 3),
             "worker_cpu_ms_per_1k_events": round(measured.cpu_ms_per_1k, 1),
+            "bare_agent_cpu_ms_per_1k_events": round(bare.cpu_ms_per_1k, 1),
             **latency,
             "start_rss_mb": round(start_rss, 1),
             "peak_rss_mb": round(rss_mb, 1),

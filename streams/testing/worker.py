@@ -26,21 +26,28 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One ``mta-feedback worker`` child with its log in ``log_path``."""
+    """One ``mta-feedback worker`` child (or another Faust worker ``module``) with its log
+    in ``log_path``."""
 
     READY_MARK = "Ready"
 
-    def __init__(self, settings: Settings, log_path: Path, views: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, views: bool = True, module: str | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.views = views
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "streams.cli", "worker"]
-        if not self.views:
-            argv.append("--no-views")
+        if self.module:
+            argv = [sys.executable, "-m", self.module]
+        else:
+            argv = [sys.executable, "-m", "streams.cli", "worker"]
+            if not self.views:
+                argv.append("--no-views")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
