@@ -163,6 +163,9 @@ def _pipeline(settings: Settings, total: int, log: Path, module: str | None = No
         tail = worker.tail()
         worker.stop()
         raise RuntimeError(f"pipeline processed {done} of {total} events:\n{tail}")
+    if done == first_done:
+        worker.stop()
+        raise RuntimeError(f"all {total} events were committed at once: too few to time")
     eps = (done - first_done) / (time.monotonic() - first_at)
     cpu = (_cpu_s(pid) - first_cpu) / (done - first_done) * 1e6
     return _Run(eps, cpu, start_rss, worker)
@@ -209,8 +212,10 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
     }
 
 
-def run(n_events: int, seed: int = 1, latency_seconds: float = 20.0) -> dict[str, Any]:
-    base = Settings.from_env()
+def run(
+    n_events: int, seed: int = 1, latency_seconds: float = 20.0, base: Settings | None = None
+) -> dict[str, Any]:
+    base = base or Settings.from_env()
     prefix = f"bench{int(time.time())}"
     settings = dataclasses.replace(base, topic_prefix=prefix, app_id=prefix)
     stack = Stack(settings)

@@ -1,0 +1,24 @@
+"""``mta-feedback bench`` end to end, small: every figure is measured and consistent."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams import bench
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_measures_every_figure(make_settings):
+    result = bench.run(20_000, latency_seconds=2.0, base=make_settings())
+    assert result["events"] == 20_000
+    assert 0 < result["tracked_messages"] < result["events"]
+    for rate in ("baseline_eps", "bare_agent_eps", "pipeline_eps"):
+        assert result[rate] > 0, rate
+    assert result["ratio"] == round(result["pipeline_eps"] / result["baseline_eps"], 3)
+    # The pipeline does the bare agent's work and more, on the same Faust path.
+    assert result["worker_cpu_ms_per_1k_events"] > result["bare_agent_cpu_ms_per_1k_events"]
+    assert result["latency_rate_eps"] == round(result["pipeline_eps"] / 2, 1)
+    assert result["latency_received"] == result["latency_events"] > 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["peak_rss_mb"] > result["start_rss_mb"] > 0
