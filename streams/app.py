@@ -7,7 +7,6 @@ source coordinates; the agent carries on.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import faust
+import orjson
 from faust import streams as faust_streams
 from faust.types import TP, EventT
 
@@ -72,7 +72,8 @@ class _Partition(NamedTuple):
 
 
 def _json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    # Non-string keys become strings, as with the standard library.
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _changelog_via(sink: RecordSink, table: faust.Table) -> None:
@@ -281,16 +282,17 @@ def build_app(settings: Settings) -> Components:
     def ingest(msg: Any) -> list[Output]:
         family = family_of[msg.topic]
         if family == "clock":
-            return parts.feedback.tick(int(json.loads(msg.value)["now"]), msg.partition, msg.offset)
+            now = int(orjson.loads(msg.value)["now"])
+            return parts.feedback.tick(now, msg.partition, msg.offset)
         record = codec.decode(family, msg.value)
         validate_event(family, record)
         return parts.feedback.process(family, record, msg.partition, msg.offset)
 
     def kpi(msg: Any) -> list[Output]:
-        return parts.kpi.process(json.loads(msg.value), parts.feedback.clock, msg.offset)
+        return parts.kpi.process(orjson.loads(msg.value), parts.feedback.clock, msg.offset)
 
     def control(msg: Any) -> list[Output]:
-        data = json.loads(msg.value)
+        data = orjson.loads(msg.value)
         if "now" in data:
             return parts.control.tick(int(data["now"]), msg.partition, msg.offset)
         return parts.control.process(signal_from_dict(data), msg.partition, msg.offset)
