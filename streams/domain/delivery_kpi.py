@@ -22,10 +22,14 @@ are summed with ``+``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from streams.domain.message_status import FAILED, SENT, TAKEN_INTO_ACCOUNT, MessageView
+
+# Field order of both classes; arithmetic is spelled out per field because it runs for
+# every event (dataclasses.fields() was a tenth of the pipeline's own time).
+NAMES = ("to_deliver", "taken_into_account", "sent", "failed_hard", "failed_soft", "bounces_errors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,27 +46,38 @@ class KpiDelta:
     @property
     def is_zero(self) -> bool:
         """True when the change leaves the counts as they are (nothing to publish)."""
-        return not any(getattr(self, f.name) for f in fields(self))
+        return not (
+            self.to_deliver
+            or self.taken_into_account
+            or self.sent
+            or self.failed_hard
+            or self.failed_soft
+            or self.bounces_errors
+        )
 
 
-def _contribution(v: MessageView | None) -> dict[str, int]:
+_NOTHING = (0, 0, 0, 0, 0, 0)
+
+
+def _contribution(v: MessageView | None) -> tuple[int, ...]:
+    """The message's 0/1 per counter, in NAMES order."""
     if v is None:
-        return {f.name: 0 for f in fields(KpiDelta)}
+        return _NOTHING
     failed = v.status == FAILED
-    return {
-        "to_deliver": 1,
-        "taken_into_account": int(v.status == TAKEN_INTO_ACCOUNT),
-        "sent": int(v.status == SENT),
-        "failed_hard": int(failed and v.failure_type == "hard"),
-        "failed_soft": int(failed and v.failure_type != "hard"),
-        "bounces_errors": int(v.has_error),
-    }
+    return (
+        1,
+        int(v.status == TAKEN_INTO_ACCOUNT),
+        int(v.status == SENT),
+        int(failed and v.failure_type == "hard"),
+        int(failed and v.failure_type != "hard"),
+        int(v.has_error),
+    )
 
 
 def kpi_delta(old: MessageView | None, new: MessageView) -> KpiDelta:
     """How the delivery's counts change when one message goes from ``old`` to ``new``."""
     before, after = _contribution(old), _contribution(new)
-    return KpiDelta(**{name: after[name] - before[name] for name in after})
+    return KpiDelta(*(a - b for a, b in zip(after, before, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +89,18 @@ class KpiCounts:
     failed_soft: int = 0
     bounces_errors: int = 0
 
-    def add(self, delta: KpiDelta) -> KpiCounts:
-        """New counts with one message's change applied."""
+    def add(self, delta: KpiDelta | KpiCounts) -> KpiCounts:
+        """New counts with one message's change (or other counts) added."""
         return KpiCounts(
-            **{f.name: getattr(self, f.name) + getattr(delta, f.name) for f in fields(self)}
+            self.to_deliver + delta.to_deliver,
+            self.taken_into_account + delta.taken_into_account,
+            self.sent + delta.sent,
+            self.failed_hard + delta.failed_hard,
+            self.failed_soft + delta.failed_soft,
+            self.bounces_errors + delta.bounces_errors,
         )
 
-    def __add__(self, other: KpiCounts) -> KpiCounts:
-        return KpiCounts(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
+    __add__ = add
 
     @property
     def failed(self) -> int:
@@ -98,8 +115,15 @@ class KpiCounts:
         return self.sent / self.to_deliver * 100 if self.to_deliver else 0.0
 
     def to_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "to_deliver": self.to_deliver,
+            "taken_into_account": self.taken_into_account,
+            "sent": self.sent,
+            "failed_hard": self.failed_hard,
+            "failed_soft": self.failed_soft,
+            "bounces_errors": self.bounces_errors,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KpiCounts:
-        return cls(**{f.name: int(d.get(f.name, 0)) for f in fields(cls)})
+        return cls(*(int(d.get(name, 0)) for name in NAMES))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import zlib
+from dataclasses import fields
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.delivery_kpi import KpiCounts, KpiDelta, kpi_delta
+from streams.domain.delivery_kpi import NAMES, KpiCounts, KpiDelta, kpi_delta
 from streams.domain.message_status import (
     FAILED,
     SENT,
@@ -41,6 +42,21 @@ SOFT_V = MessageView(
 
 
 # --- deltas and counts ---------------------------------------------------------------
+
+
+def test_both_classes_have_the_field_order_their_arithmetic_assumes():
+    assert tuple(f.name for f in fields(KpiDelta)) == NAMES
+    assert tuple(f.name for f in fields(KpiCounts)) == NAMES
+
+
+@given(st.lists(st.integers(-5, 5), min_size=6, max_size=6))
+def test_counts_add_field_by_field_and_round_trip(values):
+    counts = KpiCounts(*values)
+    assert KpiCounts.from_dict(counts.to_dict()) == counts
+    assert list(counts.to_dict()) == list(NAMES)
+    total = (counts + KpiCounts(*range(6))).to_dict()
+    assert [total[n] for n in NAMES] == [v + i for i, v in enumerate(values)]
+    assert KpiDelta(*values).is_zero == (not any(values))
 
 
 def test_new_message_is_to_deliver_and_taken_into_account() -> None:
