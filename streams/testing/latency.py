@@ -14,7 +14,6 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from streams.avro import Codec
 from streams.config import Settings
 from streams.producer import EventProducer
 
@@ -38,13 +37,13 @@ def trigger(i: int, event_time_ms: int) -> dict[str, Any]:
 
 
 class FirstSeen:
-    """Follows an output topic from its end in a thread and notes when each key (the value
-    of ``field``) is first seen, on the monotonic clock."""
+    """Follows an output topic from its end in a thread and notes when each record key
+    (the message id of a status record, the key of a throttle record) is first seen, on
+    the monotonic clock. Keys only, no decoding: the follower shares the machine with
+    the worker it measures."""
 
-    def __init__(self, settings: Settings, topic: str, field: str) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.seen: dict[str, float] = {}
-        self._codec = Codec.from_settings(settings.schema_registry_url)
-        self._topic, self._field = topic, field
         self._stop = threading.Event()
         self._assigned = threading.Event()
         self._consumer = Consumer(
@@ -61,14 +60,14 @@ class FirstSeen:
         self._thread = threading.Thread(target=self._follow, daemon=True)
 
     def _follow(self) -> None:
+        seen = self.seen
         while not self._stop.is_set():
-            msg = self._consumer.poll(0.05)
             if self._consumer.assignment():
                 self._assigned.set()
-            if msg is None or msg.error():
-                continue
-            record = self._codec.decode(self._topic, msg.value())
-            self.seen.setdefault(record[self._field], time.monotonic())
+            # poll, not consume: a batch call waits for its count or its timeout.
+            msg = self._consumer.poll(0.05)
+            if msg is not None and msg.error() is None and (key := msg.key()) is not None:
+                seen.setdefault(key.decode(), time.monotonic())
 
     def __enter__(self) -> FirstSeen:
         self._thread.start()
@@ -102,7 +101,7 @@ def figures(sent: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
 
 def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[str, Any]:
     """Produce ``triggers`` rate-limit replies ``gap_s`` apart; return latency figures (ms)."""
-    with FirstSeen(settings, "throttle", "key") as follower:
+    with FirstSeen(settings, "throttle") as follower:
         sent: dict[str, float] = {}
         base = int(time.time() * 1000) - 3_600_000
         with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
