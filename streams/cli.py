@@ -134,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams import bench
 
-    return bench.main(args.events, args.seed)
+    return bench.main(args.events, args.seed, args.latency_load)
 
 
 def cmd_throttle(args: argparse.Namespace) -> int:
@@ -263,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "throughput and latency of one worker beside a raw baseline")
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--latency-load",
+        type=float,
+        default=0.5,
+        help="latency is measured at this share of the measured maximum rate (default 0.5)",
+    )
     p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
     p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")
     p.add_argument("--json", action="store_true", help="JSON lines, for machines")
