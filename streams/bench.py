@@ -170,7 +170,7 @@ def _pipeline(settings: Settings, total: int, log: Path, module: str | None = No
     if first_at is None or done < total:
         tail = worker.tail()
         worker.stop()
-        raise RuntimeError(f"pipeline processed {done} of {total} events:\n{tail}")
+        raise RuntimeError(f"{log.name}: processed {done} of {total} events:\n{tail}")
     if done == first_done:
         worker.stop()
         raise RuntimeError(f"all {total} events were committed at once: too few to time")
