@@ -126,6 +126,12 @@ class Settings:
     max_poll_interval_s: float = _var(
         "MTA_MAX_POLL_INTERVAL_S", 300.0, _float(1, 3600), "Consumer max poll interval"
     )
+    commit_interval_s: float = _var(
+        "MTA_COMMIT_INTERVAL_S",
+        1.0,
+        _float(0.01, 60),
+        "How often the worker commits offsets (flushing its outputs first)",
+    )
     web_port: int = _var("MTA_WEB_PORT", 0, _int(0, 65535), "Faust web port; 0 disables it")
     standby_replicas: int = _var(
         "MTA_STANDBY_REPLICAS", 1, _int(0, 8), "Faust table standby replicas"

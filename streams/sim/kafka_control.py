@@ -13,8 +13,9 @@
   filled), then read the throttle and KPI topics to their current end. A Faust worker
   flushes its producer before it commits (``Consumer._commit_offsets``), so a committed
   input offset means the outputs of every earlier input are on their topics. The cost is
-  about one commit interval (1 s) per stage; the wait fails with ``SyncTimeout`` when the
-  worker makes no progress for ``timeout_s`` (a large batch may take longer than that).
+  about one commit interval (``MTA_COMMIT_INTERVAL_S``) per stage; the wait fails with
+  ``SyncTimeout`` when the worker makes no progress for ``timeout_s`` (a large batch may
+  take longer than that).
 """
 
 from __future__ import annotations

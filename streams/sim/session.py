@@ -13,6 +13,8 @@ from streams.config import Settings
 from streams.stack import Stack, answers, broker_address
 from streams.testing.worker import WorkerProcess
 
+SIM_COMMIT_INTERVAL_S = 0.1
+
 
 def worker_running(settings: Settings, probe_s: float = 2.5) -> bool:
     """True when a worker serves the topics of ``settings``: its clock ticks keep arriving
@@ -51,7 +53,11 @@ def pipeline(base: Settings, label: str, say: Callable[[str], None] = print) -> 
         return
     stack.up()
     prefix = f"{label}{int(time.time())}"
-    settings = dataclasses.replace(base, topic_prefix=prefix, app_id=prefix)
+    # Each simulation step waits for the worker's commits (KafkaControlPlane.sync), so
+    # the commit cadence sets the pace of the closed loop, not the worker's throughput.
+    settings = dataclasses.replace(
+        base, topic_prefix=prefix, app_id=prefix, commit_interval_s=SIM_COMMIT_INTERVAL_S
+    )
     Stack(settings).create_topics()
     worker = WorkerProcess(settings, Path(settings.run_dir) / f"{prefix}-worker.log", views=False)
     try:
