@@ -31,6 +31,7 @@ from streams.pipeline import (
     FeedbackProcessor,
     KpiAggregator,
     Output,
+    Source,
     signal_from_dict,
     signal_output,
 )
@@ -295,7 +296,7 @@ def build_app(settings: Settings) -> Components:
         data = orjson.loads(msg.value)
         if "now" in data:
             return parts.control.tick(int(data["now"]), msg.partition, msg.offset)
-        return parts.control.process(signal_from_dict(data), msg.partition, msg.offset)
+        return parts.control.process(signal_from_dict(data), msg.partition, Source.of(data))
 
     def agent(channel: Any, name: str, step: Callable[[Any], list[Output]]) -> None:
         async def run(stream: faust.StreamT) -> None:

@@ -249,6 +249,7 @@ class FeedbackProcessor:
         if self.signal_fn is not None:
             signal = self.signal_fn(family, event, q)
             if signal is not None:
+                signal.value["src"] = [f"{family}:{partition}", offset]
                 out.append(signal)
         return out
 
@@ -609,6 +610,24 @@ def signal_from_dict(d: dict[str, Any]) -> Signal:
     )
 
 
+class Source(NamedTuple):
+    """The input a signal comes from: its stream (``family:partition``) and offset.
+
+    A re-processed input (at-least-once, after a crash) emits its signal again, at a new
+    offset of the signal topic; its source is the same, so it is not counted twice. One
+    input partition's signals reach a key in input order (one producer per partition at
+    a time, ordered per partition), so the highest source offset taken in per stream is
+    enough to know what a key has seen."""
+
+    stream: str
+    offset: int
+
+    @classmethod
+    def of(cls, signal_record: dict[str, Any]) -> Source:
+        stream, offset = signal_record["src"]
+        return cls(str(stream), int(offset))
+
+
 class _PartitionControl:
     def __init__(self, rules: MxRules) -> None:
         self.book = ReputationBook()
@@ -624,8 +643,9 @@ class ControlProcessor:
 
     The tables are written by ``persist`` (the worker calls it before each offset commit),
     not per signal: a key's window changes with every signal, and writing it each time
-    was half of the worker's table writes. Each stored record holds the offset of the last
-    signal it took in, so state persisted with a commit is never behind that commit.
+    was half of the worker's table writes. Each stored record holds, per source stream,
+    the offset of the last signal it took in (see ``Source``), so state persisted with a
+    commit is never behind that commit and a signal emitted twice counts once.
     """
 
     def __init__(self, windows: Store, settings: Store, rules: MxRules) -> None:
@@ -633,9 +653,9 @@ class ControlProcessor:
         self.settings = settings
         self.rules = rules
         self._parts: dict[int, _PartitionControl] = {}
-        # key → (partition, offset of the last signal taken in) of changes not yet stored
-        self._dirty_windows: dict[str, tuple[int, int]] = {}
-        self._dirty_settings: dict[str, tuple[int, int]] = {}
+        # key → (partition, source offsets taken in) of changes not yet stored
+        self._dirty_windows: dict[str, tuple[int, dict[str, int]]] = {}
+        self._dirty_settings: dict[str, tuple[int, dict[str, int]]] = {}
 
     def reset(self) -> None:
         """After a rebalance: unstored changes are dropped with the books; their signals
@@ -657,31 +677,41 @@ class ControlProcessor:
         return part
 
     @staticmethod
-    def _offset(dirty: dict[str, tuple[int, int]], store: Store, key: str) -> int:
+    def _taken(dirty: dict[str, tuple[int, dict[str, int]]], store: Store, key: str) -> dict:
+        """Source stream → offset of the last signal ``key`` took in."""
         if key in dirty:
             return dirty[key][1]
         rec = store.get(key)
-        return -1 if rec is None else int(rec["o"])
+        return {} if rec is None else rec["o"]
 
-    def process(self, signal: Signal, partition: int, offset: int) -> list[Output]:
+    def _seen(self, dirty: dict, store: Store, key: str, source: Source) -> bool:
+        return source.offset <= self._taken(dirty, store, key).get(source.stream, -1)
+
+    def _note(self, dirty: dict, store: Store, key: str, partition: int, source: Source) -> None:
+        taken = dirty[key][1] if key in dirty else dict(self._taken(dirty, store, key))
+        taken[source.stream] = max(source.offset, taken.get(source.stream, -1))
+        dirty[key] = (partition, taken)
+
+    def process(self, signal: Signal, partition: int, source: Source) -> list[Output]:
         """Count the signal and let the controller react.
 
-        Windows and controller states are idempotent per signal: a redelivered signal
-        (offset at or below the last one a key took in) is not counted again; instead the
-        settings it may have changed are published again, in case the crash lost them.
+        Windows and controller states are idempotent per signal: a redelivered or
+        re-emitted signal (its source at or below the last one a key took in) is not
+        counted again; instead the settings it may have changed are published again, in
+        case the crash lost them.
         """
         part = self._part(partition)
         keys = [key for _scope, key in signal_keys(signal)]
         seen = frozenset(
-            k for k in keys if offset <= self._offset(self._dirty_windows, self.windows, k)
+            k for k in keys if self._seen(self._dirty_windows, self.windows, k, source)
         )
         out = [self._reputation_record(r) for r in part.book.add(signal, skip=seen)]
         for key in keys:
             if key not in seen and part.book.window(key) is not None:
-                self._dirty_windows[key] = (partition, offset)
+                self._note(self._dirty_windows, self.windows, key, partition, source)
         _scope, main = main_key(signal)
         controlled = [main, f"ip_group:{signal.sending_ip}|{signal.group}"]
-        if offset <= self._offset(self._dirty_settings, self.settings, main):
+        if self._seen(self._dirty_settings, self.settings, main, source):
             for key in controlled:
                 setting = part.controller.setting(key)
                 if setting is not None:
@@ -691,16 +721,17 @@ class ControlProcessor:
         out += [throttle_output(setting) for setting in changed]
         for key in {*controlled, *(s.key for s in changed)}:
             if part.controller.state(key) is not None:
-                self._dirty_settings[key] = (partition, offset)
+                self._note(self._dirty_settings, self.settings, key, partition, source)
         return out
 
     def tick(self, now_ms: int, partition: int, offset: int) -> list[Output]:
         part = self._part(partition)
         changed = part.controller.tick(now_ms)
         for setting in changed:
-            if part.controller.state(setting.key) is not None:
-                previous = self._offset(self._dirty_settings, self.settings, setting.key)
-                self._dirty_settings[setting.key] = (partition, previous)
+            key = setting.key
+            if part.controller.state(key) is not None and key not in self._dirty_settings:
+                taken = dict(self._taken(self._dirty_settings, self.settings, key))
+                self._dirty_settings[key] = (partition, taken)
         return [throttle_output(setting) for setting in changed]
 
     def persist(
@@ -709,15 +740,15 @@ class ControlProcessor:
         """Store every window and controller state changed since the last call; each
         partition's writes happen inside ``in_partition(partition)``."""
         by_partition: dict[int, list[tuple[Store, str, dict[str, Any]]]] = {}
-        for key, (partition, offset) in self._dirty_windows.items():
+        for key, (partition, taken) in self._dirty_windows.items():
             window = self._parts[partition].book.window(key)
             if window is not None:
-                rec = {"w": window.to_dict(), "p": partition, "o": offset}
+                rec = {"w": window.to_dict(), "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.windows, key, rec))
-        for key, (partition, offset) in self._dirty_settings.items():
+        for key, (partition, taken) in self._dirty_settings.items():
             state = self._parts[partition].controller.state(key)
             if state is not None:
-                rec = {"s": state.to_dict(), "p": partition, "o": offset}
+                rec = {"s": state.to_dict(), "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.settings, key, rec))
         self._dirty_windows.clear()
         self._dirty_settings.clear()

@@ -28,6 +28,7 @@ from streams.pipeline import (
     KpiAggregator,
     Output,
     PipelineConfig,
+    Source,
     signal_from_dict,
     signal_output,
     throttle_record,
@@ -135,7 +136,7 @@ class Replayer:
                 routed += self.kpi.process(out.value, self.feedback.clock, self._offset)
             elif out.topic == "signal":
                 signal = signal_from_dict(out.value)
-                routed += self.control.process(signal, 0, self._offset)
+                routed += self.control.process(signal, 0, Source.of(out.value))
             else:
                 routed.append(out)
         return routed

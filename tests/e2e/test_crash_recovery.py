@@ -5,6 +5,9 @@ statuses, address states and KPIs on the output topics and in Redis equal those 
 Throttle settings are not compared with ``replay``: the controller's decisions depend on
 the order in which signals from different input partitions reach it and on the cadence
 of the wall-clock tick, both of which differ between any two live runs, crash or not.
+What feeds them is exact: every signal is counted once in the reputation windows, also
+when a restarted worker emits the signals of re-processed inputs again (deduplicated by
+their source, ``streams.pipeline.Source``; unit-tested in tests/unit/test_pipeline.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from streams.pipeline import (
     FeedbackProcessor,
     KpiAggregator,
     PipelineConfig,
+    Source,
     signal_from_dict,
     signal_output,
 )
@@ -160,7 +161,7 @@ def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step
         assert signal is not None and signal.key == "google"
         settings += [
             o
-            for o in control.process(signal_from_dict(signal.value), 0, i)
+            for o in control.process(signal_from_dict(signal.value), 0, Source("retry:0", i))
             if o.topic == "throttle"
         ]
     google = [s.value for s in settings if s.key == "group:google"]
@@ -190,24 +191,60 @@ def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_onc
     rules, signals = _gmail_signals(10)
     once = ControlProcessor({}, {}, rules)
     for i, signal in enumerate(signals):
-        once.process(signal, 0, i)
+        once.process(signal, 0, Source("retry:0", i))
     windows, settings = {}, {}
     crashed = ControlProcessor(windows, settings, rules)
     for i, signal in enumerate(signals[:4]):
-        crashed.process(signal, 0, i)
+        crashed.process(signal, 0, Source("retry:0", i))
     crashed.persist()
     assert windows and settings
     stored = dict(windows)
     for i, signal in enumerate(signals[4:7], 4):
-        crashed.process(signal, 0, i)
+        crashed.process(signal, 0, Source("retry:0", i))
     assert windows == stored  # nothing written between two commits
     # The crash loses what was not persisted; the input comes again from offset 2, the
     # last commit being older than the last persist.
     restarted = ControlProcessor(windows, settings, rules)
     for i, signal in enumerate(signals[2:], 2):
-        restarted.process(signal, 0, i)
+        restarted.process(signal, 0, Source("retry:0", i))
     assert _windows(restarted) == _windows(once)
     assert {k: v["s"] for k, v in settings.items()} == {k: v["s"] for k, v in once.settings.items()}
+
+
+def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
+    """After an ingest crash its inputs are processed again and their signals emitted
+    again, at new offsets of the signal topic: the source, not that offset, identifies
+    them."""
+    rules = load_mx_rules(None)
+    fp = FeedbackProcessor({}, {}, {}, default_qualifier(), signal_fn=signal_output(rules))
+    events = []
+    for i in range(6):
+        event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
+        event["recipient"] = f"user{i}@gmail.com"
+        event["diagnostic"] = "421 4.7.28 rate limited - gsmtp"
+        events.append(event)
+    emitted = [
+        o.value
+        for i, e in enumerate(events)
+        for o in fp.process("retry", e, 2, i)
+        if o.topic == "signal"
+    ]
+    assert [s["src"] for s in emitted] == [["retry:2", i] for i in range(6)]
+    once = ControlProcessor({}, {}, rules)
+    for signal in emitted:
+        once.process(signal_from_dict(signal), 0, Source.of(signal))
+    twice = ControlProcessor({}, {}, rules)
+    # Inputs 0-5 emitted, a crash, inputs 3-5 processed and emitted again.
+    for signal in emitted + emitted[3:]:
+        twice.process(signal_from_dict(signal), 0, Source.of(signal))
+    assert _windows(twice) == _windows(once)
+    assert {k: v["s"] for k, v in twice.settings.items()} == {
+        k: v["s"] for k, v in once.settings.items()
+    }
+    # Streams are told apart: the same offset of another input partition is new.
+    other = dict(emitted[0], src=["retry:3", 0])
+    twice.process(signal_from_dict(other), 0, Source.of(other))
+    assert _windows(twice) != _windows(once)
 
 
 def test_a_record_rewritten_with_the_same_due_time_is_handled_once_when_due():
