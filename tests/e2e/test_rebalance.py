@@ -39,6 +39,12 @@ def test_defaults_allow_several_workers_per_machine_with_standbys() -> None:
     conf = build_app(settings).app.conf
     assert conf.web_enabled is False
     assert conf.table_standby_replicas == 1
+    assert conf.broker_commit_interval == 1.0
+
+
+def test_the_commit_interval_comes_from_configuration() -> None:
+    settings = Settings.from_env({"MTA_COMMIT_INTERVAL_S": "0.25"})
+    assert build_app(settings).app.conf.broker_commit_interval == 0.25
 
 
 def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_settings, tmp_path):

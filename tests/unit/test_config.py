@@ -25,6 +25,7 @@ def test_values_are_parsed():
         ("MTA_TOPIC_PREFIX", "a b", "letters"),
         ("MTA_BOUNCE_RULES_FILE", "/no/such/file.toml", "does not exist"),
         ("MTA_SESSION_TIMEOUT_S", "-1", "between"),
+        ("MTA_COMMIT_INTERVAL_S", "0", "between"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(var, value, words):
