@@ -628,6 +628,11 @@ class Source(NamedTuple):
         return cls(str(stream), int(offset))
 
 
+# key → (signal partition, source stream → offset of the last signal taken in), for
+# changes not yet stored
+_Dirty = dict[str, tuple[int, dict[str, int]]]
+
+
 class _PartitionControl:
     def __init__(self, rules: MxRules) -> None:
         self.book = ReputationBook()
@@ -653,9 +658,8 @@ class ControlProcessor:
         self.settings = settings
         self.rules = rules
         self._parts: dict[int, _PartitionControl] = {}
-        # key → (partition, source offsets taken in) of changes not yet stored
-        self._dirty_windows: dict[str, tuple[int, dict[str, int]]] = {}
-        self._dirty_settings: dict[str, tuple[int, dict[str, int]]] = {}
+        self._dirty_windows: _Dirty = {}
+        self._dirty_settings: _Dirty = {}
 
     def reset(self) -> None:
         """After a rebalance: unstored changes are dropped with the books; their signals
@@ -677,18 +681,20 @@ class ControlProcessor:
         return part
 
     @staticmethod
-    def _taken(dirty: dict[str, tuple[int, dict[str, int]]], store: Store, key: str) -> dict:
+    def _taken(dirty: _Dirty, store: Store, key: str) -> dict[str, int]:
         """Source stream → offset of the last signal ``key`` took in."""
         if key in dirty:
             return dirty[key][1]
         rec = store.get(key)
         return {} if rec is None else rec["o"]
 
-    def _seen(self, dirty: dict, store: Store, key: str, source: Source) -> bool:
-        return source.offset <= self._taken(dirty, store, key).get(source.stream, -1)
+    @classmethod
+    def _seen(cls, dirty: _Dirty, store: Store, key: str, source: Source) -> bool:
+        return source.offset <= cls._taken(dirty, store, key).get(source.stream, -1)
 
-    def _note(self, dirty: dict, store: Store, key: str, partition: int, source: Source) -> None:
-        taken = dirty[key][1] if key in dirty else dict(self._taken(dirty, store, key))
+    @classmethod
+    def _note(cls, dirty: _Dirty, store: Store, key: str, partition: int, source: Source) -> None:
+        taken = dirty[key][1] if key in dirty else dict(cls._taken(dirty, store, key))
         taken[source.stream] = max(source.offset, taken.get(source.stream, -1))
         dirty[key] = (partition, taken)
 
