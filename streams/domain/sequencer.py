@@ -1,0 +1,134 @@
+"""Event-time sequencer: one order for signals that arrive from many input streams.
+
+A control partition receives the signals of every input stream (one partition of an input
+topic) interleaved as the workers happened to process them; a restart, a rebalance or a
+second worker changes that interleaving, and a throttle controller fed in arrival order
+decides differently from run to run and from ``replay``. The sequencer holds signals back
+and releases them in an order that depends on the input alone:
+
+- order: by *effective time*, then stream name, then offset. A signal's effective time is
+  the largest event time among it and the earlier signals of its stream in this partition,
+  so every stream is released in its own offset order (a stream whose times never go
+  backwards keeps its event times).
+- watermark: each input stream has a *bound*, the smallest effective time it may still
+  send: the effective time of its last signal here, or a larger *claim* from a progress
+  record of the worker that reads it. Signals below the smallest bound over all streams
+  are released; nothing earlier can come any more.
+- clock ticks at every multiple of ``tick_ms`` that the watermark passes, after every
+  signal before that instant and before every signal at or after it.
+
+A claim that turns out wrong (a stream sends a signal below it: its times went backwards
+across partitions, or an idle stream woke up with an old event) cannot be undone: such a
+late signal is released at once, and only its order differs from a replay's.
+
+What is stored per partition (``to_dict``) is small: the claims, and per stream the offset
+and effective time of the last signal released. Held signals are not stored: the caller
+keeps their input records unacknowledged, so after a crash they are read again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+# Released steps: ("tick", boundary ms, None) or ("signal", effective time ms, item).
+Step = tuple[Literal["tick", "signal"], int, T | None]
+
+
+@dataclass
+class Sequencer(Generic[T]):
+    streams: frozenset[str]
+    tick_ms: int
+    claims: dict[str, int] = field(default_factory=dict)
+    # stream → (offset, effective time) of the last signal released
+    released: dict[str, tuple[int, int]] = field(default_factory=dict)
+    last_tick: int | None = None
+    # stream → effective time of the last signal taken in (released or held)
+    _latest: dict[str, int] = field(default_factory=dict)
+    _held: list[tuple[int, str, int, T]] = field(default_factory=list)
+    _held_keys: set[tuple[str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.tick_ms <= 0:
+            raise ValueError(f"tick_ms must be positive, got {self.tick_ms}")
+        for stream, (_offset, eff) in self.released.items():
+            self._latest[stream] = max(self._latest.get(stream, eff), eff)
+
+    def add(self, stream: str, offset: int, time_ms: int, item: T) -> bool:
+        """Hold a signal; False when it was released or is held already (a redelivery)."""
+        done = self.released.get(stream)
+        if (done is not None and offset <= done[0]) or (stream, offset) in self._held_keys:
+            return False
+        eff = max(time_ms, self._latest.get(stream, time_ms))
+        self._latest[stream] = eff
+        self._held_keys.add((stream, offset))
+        heapq.heappush(self._held, (eff, stream, offset, item))
+        return True
+
+    def claim(self, stream: str, time_ms: int) -> None:
+        """The worker reading ``stream`` promises nothing below ``time_ms`` will come."""
+        self.claims[stream] = max(time_ms, self.claims.get(stream, time_ms))
+
+    def watermark(self) -> int | None:
+        """Everything below is complete; None while a stream has not been heard of."""
+        bounds = []
+        for stream in self.streams:
+            bound = max(self.claims.get(stream, -1), self._latest.get(stream, -1))
+            if bound < 0:
+                return None
+            bounds.append(bound)
+        return min(bounds) if bounds else None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def release(self, until: int | None = None) -> list[Step[T]]:
+        """Release held signals below the watermark (or below ``until`` when given, for a
+        run whose input is known to be complete) and the ticks between them, in order."""
+        limit = self.watermark() if until is None else until
+        out: list[Step[T]] = []
+        if limit is None:
+            return out
+        held = self._held
+        while True:
+            head = held[0][0] if held else None
+            if self.last_tick is not None:
+                boundary = self.last_tick + self.tick_ms
+                if boundary <= limit and (head is None or head >= boundary):
+                    self.last_tick = boundary
+                    out.append(("tick", boundary, None))
+                    continue
+            if head is None or head >= limit:
+                return out
+            eff, stream, offset, item = heapq.heappop(held)
+            self._held_keys.discard((stream, offset))
+            self.released[stream] = (offset, eff)
+            if self.last_tick is None:
+                self.last_tick = eff - eff % self.tick_ms
+            out.append(("signal", eff, item))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "claims": dict(self.claims),
+            "released": {s: list(v) for s, v in self.released.items()},
+            "tick": self.last_tick,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any] | None, streams: Iterable[str], tick_ms: int
+    ) -> Sequencer[T]:
+        data = data or {}
+        released = {s: (int(o), int(e)) for s, (o, e) in data.get("released", {}).items()}
+        return cls(
+            frozenset(streams),
+            tick_ms,
+            claims={s: int(t) for s, t in data.get("claims", {}).items()},
+            released=released,
+            last_tick=data.get("tick"),
+        )
