@@ -31,18 +31,17 @@ from streams.pipeline import (
     FeedbackProcessor,
     KpiAggregator,
     Output,
-    Source,
-    signal_from_dict,
     signal_output,
 )
 from streams.sink import RecordSink
-from streams.topics import INPUT_TOPICS, TOPICS
+from streams.topics import INPUT_TOPICS, TOPICS, input_streams
 from streams.validate import validate_event
 
 log = logging.getLogger(__name__)
 
 _AVRO_TOPICS = {spec.name: spec.schema for spec in TOPICS if spec.schema}
 TICK_INTERVAL_S = 1.0
+STALL_TICKS = 10
 
 
 def _credentials(settings: Settings) -> Any:
@@ -162,6 +161,97 @@ def _check_login(settings: Settings) -> None:
         probe.poll(0)
 
 
+class InputProgress:
+    """How far each input stream this worker reads has come, told to every control
+    partition (``{"progress": {stream: ms}}``) so that its sequencer can release signals.
+
+    A stream's claim is the largest event time processed from it (a stream's times are
+    assumed not to go backwards). A stream is *idle* when nothing is left to read in it
+    and nothing of it was processed for ``idle_s``; it then claims the worker's clock as
+    it was ``idle_s`` ago, plus 1 ms (assuming the producers write in event-time order),
+    so that an idle partition does not hold every decision back. The wait keeps a
+    momentary pause (or a stale or, on Tansu, short high watermark) from passing for
+    idleness. Claims are sent when they change."""
+
+    def __init__(
+        self,
+        family_of: dict[str, str],
+        idle_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.family_of = family_of
+        self.idle_s = idle_s
+        self.monotonic = monotonic
+        self.latest: dict[TP, tuple[int, int]] = {}  # tp → (last offset, largest time)
+        # tp → (monotonic time, worker clock) when it was last seen with nothing to read
+        self._quiet: dict[TP, tuple[float, int]] = {}
+        self._sent: dict[str, int] = {}
+        # End offsets asked of the broker for partitions the client knows no high
+        # watermark of (aiokafka learns it from fetches that return records).
+        self.ends: dict[TP, int] = {}
+
+    def note(self, tp: TP, offset: int, time_ms: int) -> None:
+        last = self.latest.get(tp)
+        self.latest[tp] = (offset, time_ms if last is None else max(last[1], time_ms))
+        self._quiet.pop(tp, None)
+        self.ends.pop(tp, None)
+
+    def unknown_ends(self, consumer: Any) -> list[TP]:
+        """Input partitions with nothing processed whose end neither we nor the client know."""
+        return [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in self.family_of
+            and tp not in self.latest
+            and tp not in self.ends
+            and _highwater(consumer, tp) is None
+        ]
+
+    def claims(self, consumer: Any, clock: int) -> dict[str, int] | None:
+        """The claims to send now, or None when they have not changed."""
+        now = self.monotonic()
+        claims: dict[str, int] = {}
+        for tp in consumer.assignment():
+            family = self.family_of.get(tp.topic)
+            if family is None:
+                continue
+            stream = f"{family}:{tp.partition}"
+            last = self.latest.get(tp)
+            end = _highwater(consumer, tp)
+            if end is None:
+                end = self.ends.get(tp)
+            done = last[0] + 1 if last else consumer._committed_offset.get(tp) or 0
+            read = consumer._read_offset.get(tp)  # last handed to the agent
+            in_flight = last is not None and read is not None and read > last[0]
+            if end is None or done < end or in_flight:
+                self._quiet.pop(tp, None)
+            else:
+                since, then = self._quiet.setdefault(tp, (now, clock))
+                if now - since >= self.idle_s:
+                    if then:  # a clock of 0: no event seen yet, nothing to claim
+                        claims[stream] = then + 1
+                    self._quiet[tp] = (now, clock)
+            if last is not None:
+                claims[stream] = max(claims.get(stream, 0), last[1])
+        if not claims or claims == self._sent:
+            return None
+        self._sent = claims
+        return claims
+
+    def reset(self) -> None:
+        self.latest.clear()
+        self._quiet.clear()
+        self.ends.clear()
+        self._sent = {}
+
+
+def _highwater(consumer: Any, tp: TP) -> int | None:
+    try:
+        return consumer.highwater(tp)  # type: ignore[no-any-return]
+    except AssertionError:  # aiokafka: no longer assigned (a rebalance is under way)
+        return None
+
+
 @dataclass
 class Components:
     """What the agents work with; exposed for the tests and the worker command."""
@@ -197,6 +287,9 @@ def faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066,
+        # The control agent holds back the records of the signals its sequencer waits
+        # with; a rebalance must not wait for them (they are read again after it).
+        stream_wait_empty=False,
         # Tables keep JSON; every topic below says raw bytes explicitly (Avro is ours).
         key_serializer="json",
         value_serializer="json",
@@ -242,17 +335,26 @@ def build_app(settings: Settings) -> Components:
             signal_fn=signal_output(rules),
         ),
         kpi=KpiAggregator(table("kpi-sums")),
-        control=ControlProcessor(table("windows"), table("throttle-state"), rules),
+        control=ControlProcessor(
+            table("windows"),
+            table("throttle-state"),
+            rules,
+            input_streams(settings.partitions),
+            table("sequences"),
+        ),
     )
 
     signal_topic = settings.topic("signal")
+    topic_names = {spec.name: settings.topic(spec.name) for spec in TOPICS}
+    progress = InputProgress(
+        {settings.topic(name): name for name in INPUT_TOPICS}, settings.commit_interval_s
+    )
     _flush_before_commit(
         app,
         sink,
         tables,
         lambda: parts.control.persist(lambda p: _writing_partition(signal_topic, p)),
     )
-    topic_names = {spec.name: settings.topic(spec.name) for spec in TOPICS}
 
     def send_outputs(outputs: list[Output]) -> None:
         for out in outputs:
@@ -287,16 +389,33 @@ def build_app(settings: Settings) -> Components:
             return parts.feedback.tick(now, msg.partition, msg.offset)
         record = codec.decode(family, msg.value)
         validate_event(family, record)
-        return parts.feedback.process(family, record, msg.partition, msg.offset)
+        outputs = parts.feedback.process(family, record, msg.partition, msg.offset)
+        progress.note(msg.tp, msg.offset, record["event_time"])
+        return outputs
 
     def kpi(msg: Any) -> list[Output]:
         return parts.kpi.process(orjson.loads(msg.value), parts.feedback.clock, msg.offset)
 
-    def control(msg: Any) -> list[Output]:
+    def control(event: EventT) -> list[EventT]:
+        """Takes in a signal or a progress record and sends what the sequencer releases;
+        returns the records to acknowledge. A signal's record stays unacknowledged while
+        the sequencer holds it, so after a crash it is read again."""
+        msg = event.message
         data = orjson.loads(msg.value)
-        if "now" in data:
-            return parts.control.tick(int(data["now"]), msg.partition, msg.offset)
-        return parts.control.process(signal_from_dict(data), msg.partition, Source.of(data))
+        if "progress" in data:
+            parts.control.claim(msg.partition, data["progress"])
+            ack = [event]
+        # A clock tick ("now", from an older worker) is not needed: the sequencer ticks.
+        elif "now" in data or not parts.control.add(data, msg.partition, event):
+            return [event]
+        else:
+            ack = []
+        released = parts.control.release(msg.partition)
+        send_outputs(released.outputs)
+        for held, exc in released.failed:
+            log.error("control failed at %s@%s: %r", held.message.tp, held.message.offset, exc)
+            dead_letter(held, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+        return ack + released.tokens + [held for held, _exc in released.failed]
 
     def agent(channel: Any, name: str, step: Callable[[Any], list[Output]]) -> None:
         async def run(stream: faust.StreamT) -> None:
@@ -312,6 +431,18 @@ def build_app(settings: Settings) -> Components:
 
         app.agent(channel, name=name)(run)
 
+    async def run_control(stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            try:
+                done = control(event)
+            except Exception as exc:  # malformed, never held: park the record
+                msg = event.message
+                log.exception("control failed at %s@%s", msg.tp, msg.offset)
+                dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+                done = [event]
+            for record in done:
+                record.ack()
+
     ingest_topics = app.topic(
         *(settings.topic(name) for name in (*INPUT_TOPICS, "clock")),
         key_serializer="raw",
@@ -319,21 +450,58 @@ def build_app(settings: Settings) -> Components:
     )
     agent(ingest_topics, "ingest", ingest)
     agent(topics["kpi-part"], "kpi", kpi)
-    agent(topics["signal"], "control", control)
+    app.agent(topics["signal"], name="control")(run_control)
+
+    stalled: dict[int, tuple[tuple[str, int], int]] = {}
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
         # Spread this worker's event-time clock to every partition, so that validity expiry,
         # suspensions and step-ups fire even where no event arrives.
+        waiting = parts.control.waiting()
+        for partition, (held, stream, bound) in waiting.items():
+            # Held signals are normal (about a commit interval's worth); a watermark that
+            # has not moved for STALL_TICKS ticks is worth an operator's look.
+            since = stalled.get(partition)
+            ticks = since[1] + 1 if since and since[0] == (stream, bound) else 0
+            stalled[partition] = ((stream, bound), ticks)
+            if ticks and ticks % STALL_TICKS == 0:
+                log.info(
+                    "control[%s]: %s signals wait for input %s (at %s) for %s s",
+                    partition,
+                    held,
+                    stream,
+                    "never heard of" if bound < 0 else bound,
+                    round(ticks * TICK_INTERVAL_S),
+                )
+        for partition in set(stalled) - set(waiting):
+            del stalled[partition]
         if parts.feedback.clock:
             value = _json({"now": parts.feedback.clock})
             for partition in range(settings.partitions):
                 sink.produce(topic_names["clock"], None, value, partition)
-                sink.produce(topic_names["signal"], None, value, partition)
+
+    @app.timer(settings.commit_interval_s)
+    async def claim() -> None:
+        # After the signals of the inputs it covers (one producer, ordered per partition).
+        try:
+            unknown = progress.unknown_ends(app.consumer)
+            if unknown:
+                progress.ends.update(await app.consumer.highwaters(*unknown))
+            claims = progress.claims(app.consumer, parts.feedback.clock)
+        except Exception:  # the timer must keep running: a dead one stops every decision
+            log.exception("input progress not computed; retrying")
+            return
+        if claims is not None:
+            log.debug("progress claims %s", claims)
+            value = _json({"progress": claims})
+            for partition in range(settings.partitions):
+                sink.produce(signal_topic, None, value, partition)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
         parts.feedback.reset_indexes()
         parts.control.reset()
+        progress.reset()
 
     return parts

@@ -38,6 +38,7 @@ from streams.domain.reputation import (
     signal_from_event,
     signal_keys,
 )
+from streams.domain.sequencer import Sequencer
 from streams.domain.throttle_controller import (
     KeyState,
     ThrottleController,
@@ -614,10 +615,9 @@ class Source(NamedTuple):
     """The input a signal comes from: its stream (``family:partition``) and offset.
 
     A re-processed input (at-least-once, after a crash) emits its signal again, at a new
-    offset of the signal topic; its source is the same, so it is not counted twice. One
-    input partition's signals reach a key in input order (one producer per partition at
-    a time, ordered per partition), so the highest source offset taken in per stream is
-    enough to know what a key has seen."""
+    offset of the signal topic; its source is the same, so it is not counted twice. The
+    sequencer releases each stream's signals in offset order, so the highest source offset
+    taken in per stream is enough to know what a key has seen."""
 
     stream: str
     offset: int
@@ -628,50 +628,90 @@ class Source(NamedTuple):
         return cls(str(stream), int(offset))
 
 
+# Event-time spacing of the controller's ticks (suspension ends, step-ups): fixed instants,
+# so that a replay ticks exactly where a live run did.
+CONTROL_TICK_MS = 10_000
+
 # key → (signal partition, source stream → offset of the last signal taken in), for
 # changes not yet stored
 _Dirty = dict[str, tuple[int, dict[str, int]]]
 
 
+class Released(NamedTuple):
+    """What ``ControlProcessor.release`` took in: outputs, the tokens of the signals taken
+    in, and the tokens of signals whose step raised, with the error."""
+
+    outputs: list[Output]
+    tokens: list[Any]
+    failed: list[tuple[Any, Exception]]
+
+
+_Held = tuple[Signal, Source, Any]
+
+
 class _PartitionControl:
-    def __init__(self, rules: MxRules) -> None:
+    def __init__(self, rules: MxRules, sequencer: Sequencer[_Held]) -> None:
         self.book = ReputationBook()
         self.controller = ThrottleController(rules)
+        self.sequencer = sequencer
 
 
 class ControlProcessor:
     """Rolling reputation and the throttle controller, per signal-topic partition.
 
     Signals are keyed by provider group, so each group's windows and settings have one
-    owner. The book and controller of a partition are rebuilt from the ``windows`` and
-    ``settings`` tables the first time the partition is seen after a start or rebalance.
+    owner. Signals are not taken in as they arrive: an event-time sequencer
+    (``streams.domain.sequencer``) holds them until every input stream has moved past
+    them (``claim``) and releases them, with the controller's ticks, in one order that
+    depends on the input alone; so a restarted or rebalanced worker, and ``replay``, take
+    the same decisions. ``add`` holds a signal with a token (the worker's input record,
+    left unacknowledged while held); ``release`` returns the outputs and the tokens of the
+    signals taken in.
 
-    The tables are written by ``persist`` (the worker calls it before each offset commit),
-    not per signal: a key's window changes with every signal, and writing it each time
-    was half of the worker's table writes. Each stored record holds, per source stream,
-    the offset of the last signal it took in (see ``Source``), so state persisted with a
-    commit is never behind that commit and a signal emitted twice counts once.
+    The book, controller and sequencer of a partition are rebuilt from the ``windows``,
+    ``settings`` and ``sequences`` tables the first time the partition is seen after a
+    start or rebalance. The tables are written by ``persist`` (the worker calls it before
+    each offset commit), not per signal: a key's window changes with every signal, and
+    writing it each time was half of the worker's table writes. Each stored record holds,
+    per source stream, the offset of the last signal it took in (see ``Source``), so state
+    persisted with a commit is never behind that commit and a signal emitted twice counts
+    once.
     """
 
-    def __init__(self, windows: Store, settings: Store, rules: MxRules) -> None:
+    def __init__(
+        self,
+        windows: Store,
+        settings: Store,
+        rules: MxRules,
+        streams: list[str],
+        sequences: Store | None = None,
+        tick_ms: int = CONTROL_TICK_MS,
+    ) -> None:
         self.windows = windows
         self.settings = settings
+        self.sequences: Store = {} if sequences is None else sequences
         self.rules = rules
+        self.streams = frozenset(streams)
+        self.tick_ms = tick_ms
         self._parts: dict[int, _PartitionControl] = {}
         self._dirty_windows: _Dirty = {}
         self._dirty_settings: _Dirty = {}
+        self._dirty_sequences: set[int] = set()
 
     def reset(self) -> None:
-        """After a rebalance: unstored changes are dropped with the books; their signals
-        were not committed, so they come again and are counted into the stored state."""
+        """After a rebalance: unstored changes are dropped with the books, held signals with
+        the sequencers; neither was committed, so their signals come again."""
         self._parts.clear()
         self._dirty_windows.clear()
         self._dirty_settings.clear()
+        self._dirty_sequences.clear()
 
     def _part(self, partition: int) -> _PartitionControl:
         part = self._parts.get(partition)
         if part is None:
-            part = self._parts[partition] = _PartitionControl(self.rules)
+            stored = self.sequences.get(str(partition))
+            sequencer: Sequencer[_Held] = Sequencer.from_dict(stored, self.streams, self.tick_ms)
+            part = self._parts[partition] = _PartitionControl(self.rules, sequencer)
             for rec in self.windows.values():
                 if rec["p"] == partition:
                     part.book.restore(KeyWindow.from_dict(rec["w"]))
@@ -679,6 +719,57 @@ class ControlProcessor:
                 if rec["p"] == partition:
                     part.controller.restore(KeyState.from_dict(rec["s"]))
         return part
+
+    def add(self, record: dict[str, Any], partition: int, token: Any = None) -> bool:
+        """Hold a signal record; False when it was taken in or held already (acknowledge
+        its token now). A malformed record raises here, before it is held."""
+        signal, source = signal_from_dict(record), Source.of(record)
+        self._dirty_sequences.add(partition)
+        return self._part(partition).sequencer.add(
+            source.stream, source.offset, signal.time_ms, (signal, source, token)
+        )
+
+    def claim(self, partition: int, claims: dict[str, int]) -> None:
+        """Progress of input streams: nothing below each time will come from them."""
+        times = {str(stream): int(time_ms) for stream, time_ms in claims.items()}
+        sequencer = self._part(partition).sequencer
+        for stream, time_ms in times.items():
+            if stream in self.streams:
+                sequencer.claim(stream, time_ms)
+        self._dirty_sequences.add(partition)
+
+    def release(self, partition: int, until: int | None = None) -> Released:
+        """Take in the signals the watermark (or ``until``) has passed, and tick between
+        them. A signal whose step fails is reported with its token, and the rest go on."""
+        part = self._part(partition)
+        done = Released([], [], [])
+        for kind, time_ms, item in part.sequencer.release(until):
+            if kind == "tick" or item is None:
+                done.outputs.extend(self._tick(part, partition, time_ms))
+                continue
+            signal, source, token = item
+            try:
+                done.outputs.extend(self._take(part, signal, partition, source))
+            except Exception as exc:  # a bug in one signal's step must not stop the others
+                done.failed.append((token, exc))
+            else:
+                done.tokens.append(token)
+        if done.outputs or done.tokens or done.failed:
+            self._dirty_sequences.add(partition)
+        return done
+
+    def held(self) -> int:
+        return sum(part.sequencer.held for part in self._parts.values())
+
+    def waiting(self) -> dict[int, tuple[int, str, int]]:
+        """Partition → (signals held, the input stream holding them back, its bound in
+        event time, -1 if never heard of), for partitions that hold signals."""
+        out = {}
+        for partition, part in sorted(self._parts.items()):
+            slowest = part.sequencer.slowest()
+            if part.sequencer.held and slowest is not None:
+                out[partition] = (part.sequencer.held, *slowest)
+        return out
 
     @staticmethod
     def _taken(dirty: _Dirty, store: Store, key: str) -> dict[str, int]:
@@ -698,15 +789,15 @@ class ControlProcessor:
         taken[source.stream] = max(source.offset, taken.get(source.stream, -1))
         dirty[key] = (partition, taken)
 
-    def process(self, signal: Signal, partition: int, source: Source) -> list[Output]:
+    def _take(
+        self, part: _PartitionControl, signal: Signal, partition: int, source: Source
+    ) -> list[Output]:
         """Count the signal and let the controller react.
 
-        Windows and controller states are idempotent per signal: a redelivered or
-        re-emitted signal (its source at or below the last one a key took in) is not
-        counted again; instead the settings it may have changed are published again, in
-        case the crash lost them.
+        Windows and controller states are idempotent per signal: a signal a key took in
+        already (its source at or below the last one) is not counted again; instead the
+        settings it may have changed are published again, in case a crash lost them.
         """
-        part = self._part(partition)
         keys = [key for _scope, key in signal_keys(signal)]
         seen = frozenset(
             k for k in keys if self._seen(self._dirty_windows, self.windows, k, source)
@@ -730,8 +821,7 @@ class ControlProcessor:
                 self._note(self._dirty_settings, self.settings, key, partition, source)
         return out
 
-    def tick(self, now_ms: int, partition: int, offset: int) -> list[Output]:
-        part = self._part(partition)
+    def _tick(self, part: _PartitionControl, partition: int, now_ms: int) -> list[Output]:
         changed = part.controller.tick(now_ms)
         for setting in changed:
             key = setting.key
@@ -743,8 +833,8 @@ class ControlProcessor:
     def persist(
         self, in_partition: Callable[[int], AbstractContextManager[object]] = nullcontext
     ) -> None:
-        """Store every window and controller state changed since the last call; each
-        partition's writes happen inside ``in_partition(partition)``."""
+        """Store every window, controller state and sequencer changed since the last call;
+        each partition's writes happen inside ``in_partition(partition)``."""
         by_partition: dict[int, list[tuple[Store, str, dict[str, Any]]]] = {}
         for key, (partition, taken) in self._dirty_windows.items():
             window = self._parts[partition].book.window(key)
@@ -756,8 +846,13 @@ class ControlProcessor:
             if state is not None:
                 rec = {"s": state.to_dict(), "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.settings, key, rec))
+        for partition in self._dirty_sequences:
+            if partition in self._parts:
+                rec = self._parts[partition].sequencer.to_dict()
+                by_partition.setdefault(partition, []).append((self.sequences, str(partition), rec))
         self._dirty_windows.clear()
         self._dirty_settings.clear()
+        self._dirty_sequences.clear()
         for partition, writes in by_partition.items():
             with in_partition(partition):
                 for store, key, rec in writes:

@@ -4,6 +4,12 @@ broker, in file order; prints the final state as JSON lines.
 The clock is the largest event time seen so far, exactly as in the stream. Each event goes
 through the same Avro schema (encode + decode) and the same validation as in the workers,
 so a line the stream would dead-letter is reported here too, and skipped.
+
+The file's lines are the input streams as the producers wrote them: each event belongs to
+the partition its recipient key hashes to (murmur2, as the producers partition) among
+``MTA_PARTITIONS``, and each signal goes to the control partition of its provider group.
+The control step's sequencer then orders the signals exactly as in the workers, so the
+throttle settings equal a live run's over the same input.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from aiokafka.partitioner import murmur2
 
 from streams.avro import Codec, DecodeError
 from streams.config import Settings
@@ -28,12 +36,10 @@ from streams.pipeline import (
     KpiAggregator,
     Output,
     PipelineConfig,
-    Source,
-    signal_from_dict,
     signal_output,
     throttle_record,
 )
-from streams.topics import INPUT_TOPICS
+from streams.topics import INPUT_TOPICS, input_streams
 from streams.validate import validate_event
 
 _TIME_FIELDS = ("event_time", "next_attempt_time")
@@ -72,8 +78,16 @@ def parse_time(value: Any, name: str) -> int | None:
     raise ReplayError(f"{name} must be ISO 8601 or epoch milliseconds")
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition a producer puts ``key`` in (murmur2, as Java and librdkafka do)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 class Replayer:
-    """Runs the pipeline steps in memory; also the engine of the simulator's reference."""
+    """Runs the pipeline steps in memory; also the engine of the simulator's reference.
+
+    ``partitions`` must be the workers' ``MTA_PARTITIONS`` for throttle settings to equal
+    theirs (it decides which input stream each event is in)."""
 
     def __init__(
         self,
@@ -81,6 +95,7 @@ class Replayer:
         config: PipelineConfig | None = None,
         codec: Codec | None = None,
         rules: MxRules | None = None,
+        partitions: int = Settings.partitions,
     ) -> None:
         self.codec = codec or Codec()
         self.messages: dict[str, Any] = {}
@@ -96,9 +111,11 @@ class Replayer:
             signal_fn=signal_output(rules),
         )
         self.kpi = KpiAggregator(self.kpi_sums)
-        self.control = ControlProcessor({}, {}, rules)
+        self.partitions = partitions
+        self.control = ControlProcessor({}, {}, rules, input_streams(partitions))
         self.errors: list[str] = []
         self._offset = 0
+        self._stream_offsets: dict[str, int] = {}
 
     def normalise(self, obj: Any) -> tuple[str, dict[str, Any]]:
         """A JSON input object → (family, event) in the shape the workers decode."""
@@ -122,11 +139,31 @@ class Replayer:
         self._offset += 1
         now = self.feedback.clock
         outputs = self.feedback.process(family, event, 0, self._offset)
+        stream = f"{family}:{partition_of(str(event['recipient']), self.partitions)}"
+        for out in outputs:
+            if out.topic == "signal":  # its source as a worker would name it
+                offset = self._stream_offsets[stream] = self._stream_offsets.get(stream, -1) + 1
+                out.value["src"] = [stream, offset]
         if self.feedback.clock > now:
             outputs += self.feedback.tick(self.feedback.clock, 0, self._offset)
-            outputs += self.control.tick(self.feedback.clock, 0, self._offset)
         else:
             outputs += self.feedback.flush_kpis(0)  # the worker does this on each tick
+        return self._route(outputs)
+
+    def advance(self, now_ms: int) -> list[Output]:
+        """Move the clock with no event, as the workers' clock topic does."""
+        return self._route(self.feedback.tick(now_ms, 0, self._offset))
+
+    def settle(self) -> list[Output]:
+        """The input so far is complete: the control step takes in every signal held back
+        and ticks up to the clock (the workers do the same once every input stream has
+        been idle for a commit interval)."""
+        outputs: list[Output] = []
+        for partition in range(self.partitions):
+            released = self.control.release(partition, until=self.feedback.clock + 1)
+            if released.failed:
+                raise released.failed[0][1]
+            outputs += released.outputs
         return self._route(outputs)
 
     def _route(self, outputs: list[Output]) -> list[Output]:
@@ -135,8 +172,7 @@ class Replayer:
             if out.topic == "kpi-part":
                 routed += self.kpi.process(out.value, self.feedback.clock, self._offset)
             elif out.topic == "signal":
-                signal = signal_from_dict(out.value)
-                routed += self.control.process(signal, 0, Source.of(out.value))
+                self.control.add(out.value, partition_of(out.key, self.partitions))
             else:
                 routed.append(out)
         return routed
@@ -153,6 +189,8 @@ class Replayer:
             self.apply(family, event)
 
     def final_state(self) -> Iterator[dict[str, Any]]:
+        """The state once all input is in (held signals are taken in first)."""
+        self.settle()
         now = self.feedback.clock
         for mid in sorted(self.messages):
             state = MessageState.from_dict(self.messages[mid]["s"])
@@ -205,6 +243,7 @@ def run(
         load_qualifier(settings.bounce_rules_file or None),
         settings.pipeline_config(),
         rules=load_mx_rules(settings.mx_rules_file or None),
+        partitions=settings.partitions,
     )
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:

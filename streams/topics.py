@@ -36,3 +36,8 @@ INPUT_TOPICS: tuple[str, ...] = ("send", "bounce", "retry")
 def topic_names(settings: Settings) -> dict[str, str]:
     """Logical name → full topic name."""
     return {spec.name: settings.topic(spec.name) for spec in TOPICS}
+
+
+def input_streams(partitions: int) -> list[str]:
+    """Every input stream (``family:partition``) a control partition waits for."""
+    return [f"{family}:{p}" for family in INPUT_TOPICS for p in range(partitions)]

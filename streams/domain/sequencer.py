@@ -75,13 +75,14 @@ class Sequencer(Generic[T]):
 
     def watermark(self) -> int | None:
         """Everything below is complete; None while a stream has not been heard of."""
-        bounds = []
-        for stream in self.streams:
-            bound = max(self.claims.get(stream, -1), self._latest.get(stream, -1))
-            if bound < 0:
-                return None
-            bounds.append(bound)
-        return min(bounds) if bounds else None
+        slowest = self.slowest()
+        return None if slowest is None or slowest[1] < 0 else slowest[1]
+
+    def slowest(self) -> tuple[str, int] | None:
+        """The stream that holds the watermark back, and its bound (-1: never heard of)."""
+        bounds = ((max(self.claims.get(s, -1), self._latest.get(s, -1)), s) for s in self.streams)
+        low = min(bounds, default=None)
+        return None if low is None else (low[1], low[0])
 
     @property
     def held(self) -> int:

@@ -78,15 +78,11 @@ class InProcessControlPlane:
             self._take(self.replayer.apply(family, event))
 
     def advance(self, now_ms: int) -> None:
-        # What Replayer.apply does when an event moves the clock, without an event (the
-        # Replayer has no public tick; the worker gets the same from its clock topics).
-        r = self.replayer
-        offset = r._offset
-        outputs = r.feedback.tick(now_ms, 0, offset) + r.control.tick(now_ms, 0, offset)
-        self._take(r._route(outputs))
+        self._take(self.replayer.advance(now_ms))
 
     def sync(self) -> None:
-        """Nothing to wait for: ``publish`` processed everything."""
+        """The step's events are all in: the control step takes in their signals."""
+        self._take(self.replayer.settle())
 
     def throttle(self) -> Mapping[str, Mapping[str, Any]]:
         return self._latest.throttle

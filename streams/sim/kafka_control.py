@@ -4,9 +4,9 @@
 - ``throttle()``: the newest record per key of the throttle (control) topic, read from the
   beginning by a plain consumer with manual assignment, as a sender would read it; the KPI
   topic is read the same way for the live view and the summary.
-- ``advance(now)``: a clock tick ``{"now": ms}`` to every partition of the clock and signal
-  topics, the same record the worker's own timer sends, so suspensions end and quiet keys
-  step up while the simulator skips idle time.
+- ``advance(now)``: a clock tick ``{"now": ms}`` to every partition of the clock topic, the
+  same record the worker's own timer sends, so suspensions end and quiet keys step up
+  while the simulator skips idle time.
 - ``sync()``: flush, then wait until the worker's consumer group has *committed* offsets at
   or past the end of every input and clock partition as they were when ``sync`` started,
   then the same for the internal signal and KPI-partial topics (which the first stage
@@ -98,7 +98,7 @@ class KafkaControlPlane:
 
     def advance(self, now_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
-        self._tick(("clock", "signal"))
+        self._tick(("clock",))
 
     def _tick(self, names: Sequence[str]) -> None:
         value = json.dumps({"now": self._now_ms}).encode()

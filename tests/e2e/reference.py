@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams import replay
 from streams.config import Settings
 from streams.replay import Replayer
 from streams.testing.sample import Event
@@ -13,14 +14,27 @@ from .helpers import collect
 MESSAGE_FIELDS = ("status", "failure_type", "failure_reason", "attempts")
 ADDRESS_FIELDS = ("state", "error_count")
 KPI_FIELDS = ("to_deliver", "sent", "failed", "pending", "success_pct")
+THROTTLE_FIELDS = tuple(f for f in replay.THROTTLE_FIELDS if f != "key")
 
 
-def reference(events: list[Event]) -> dict[str, dict[str, dict[str, Any]]]:
-    """type → key → final fields, from replay over ``events`` in order."""
-    replayer = Replayer()
+def reference(
+    events: list[Event], partitions: int | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """type → key → final fields, from replay over ``events`` in order; with the workers'
+    ``partitions``, also the newest throttle setting of every key that ever changed."""
+    replayer = Replayer(partitions=partitions or Settings.partitions)
+    outputs = []
     for family, event in events:
-        replayer.apply(family, replayer.codec.decode(family, replayer.codec.encode(family, event)))
+        decoded = replayer.codec.decode(family, replayer.codec.encode(family, event))
+        outputs += replayer.apply(family, decoded)
+    outputs += replayer.settle()
     out: dict[str, dict[str, dict[str, Any]]] = {"message": {}, "address": {}, "kpi": {}}
+    if partitions is not None:
+        out["throttle"] = {
+            o.key: {f: o.value[f] for f in THROTTLE_FIELDS}
+            for o in outputs
+            if o.topic == "throttle"
+        }
     for line in replayer.final_state():
         kind = line["type"]
         if kind == "message":
@@ -43,13 +57,17 @@ def _project(latest: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> dict
 
 
 def stream_state(settings: Settings, ref: dict, timeout: float = 60.0) -> dict:
-    """Newest status/address/KPI per key from the output topics, waiting for convergence."""
+    """Newest status/address/KPI (and throttle setting, when ``ref`` has them) per key from
+    the output topics, waiting for convergence."""
     got = {}
     for kind, topic, key_field, fields in (
         ("message", "status", "message_id", MESSAGE_FIELDS),
         ("address", "address", "address", ADDRESS_FIELDS),
         ("kpi", "kpi", "delivery_id", KPI_FIELDS),
+        ("throttle", "throttle", "key", THROTTLE_FIELDS),
     ):
+        if kind not in ref:
+            continue
         latest = collect(
             settings,
             topic,

@@ -1,5 +1,7 @@
 """The pipeline steps over dict state: redelivery, time, KPI reconciliation, retention."""
 
+import pytest
+
 from streams.domain.bounce_rules import default_qualifier
 from streams.domain.mx_rules import load_mx_rules
 from streams.pipeline import (
@@ -7,8 +9,6 @@ from streams.pipeline import (
     FeedbackProcessor,
     KpiAggregator,
     PipelineConfig,
-    Source,
-    signal_from_dict,
     signal_output,
 )
 
@@ -148,22 +148,49 @@ def test_the_aggregator_sums_partitions_and_ignores_older_versions():
     assert again[0].value["to_deliver"] == 4
 
 
+STREAMS = ["retry:0", "retry:2", "retry:3"]
+END = T0 + 10 * H
+
+
+def _control(rules, windows=None, settings=None, sequences=None):
+    return ControlProcessor(
+        {} if windows is None else windows,
+        {} if settings is None else settings,
+        rules,
+        STREAMS,
+        sequences,
+    )
+
+
+def _feed(control, records, until=END):
+    """Hold ``records`` (signal topic order) and take in all below ``until``."""
+    for record in records:
+        control.add(record, 0)
+    return control.release(0, until=until).outputs
+
+
 def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step():
     rules = load_mx_rules(None)
     make_signal = signal_output(rules)
-    control = ControlProcessor({}, {}, rules)
-    settings = []
+    records = []
     for i in range(5):
         event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
         event["recipient"] = f"user{i}@gmail.com"
         q = default_qualifier().qualify(421, "4.7.28", "421 4.7.28 rate limited - gsmtp")
         signal = make_signal("retry", event, q)
         assert signal is not None and signal.key == "google"
-        settings += [
-            o
-            for o in control.process(signal_from_dict(signal.value), 0, Source("retry:0", i))
-            if o.topic == "throttle"
-        ]
+        records.append({**signal.value, "src": ["retry:0", i]})
+    control = _control(rules)
+    for record in records:
+        assert control.add(record, 0)
+    # Nothing is decided before every input stream has moved past the signals.
+    assert control.release(0).outputs == []
+    control.claim(0, {"retry:0": T0 + 5000, "retry:2": T0 + 5000})
+    assert control.release(0).outputs == []
+    control.claim(0, {"retry:3": T0 + 5000, "unknown:9": 0})
+    released = control.release(0)
+    assert released.tokens == [None] * 5 and released.failed == []
+    settings = [o for o in released.outputs if o.topic == "throttle"]
     google = [s.value for s in settings if s.key == "group:google"]
     assert google and google[0]["mode"] == "backoff"
     assert google[0]["max_rate_per_hour"] < rules.group("google").max_rate_per_hour.baseline
@@ -174,12 +201,12 @@ def _gmail_signals(n):
     rules = load_mx_rules(None)
     make_signal = signal_output(rules)
     q = default_qualifier().qualify(421, "4.7.28", "421 4.7.28 rate limited - gsmtp")
-    signals = []
+    records = []
     for i in range(n):
         event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
         event["recipient"] = f"user{i}@gmail.com"
-        signals.append(signal_from_dict(make_signal("retry", event, q).value))
-    return rules, signals
+        records.append({**make_signal("retry", event, q).value, "src": ["retry:0", i]})
+    return rules, records
 
 
 def _windows(control):
@@ -189,26 +216,32 @@ def _windows(control):
 
 def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_once():
     rules, signals = _gmail_signals(10)
-    once = ControlProcessor({}, {}, rules)
-    for i, signal in enumerate(signals):
-        once.process(signal, 0, Source("retry:0", i))
-    windows, settings = {}, {}
-    crashed = ControlProcessor(windows, settings, rules)
-    for i, signal in enumerate(signals[:4]):
-        crashed.process(signal, 0, Source("retry:0", i))
+    once = _control(rules)
+    _feed(once, signals)
+    windows, settings, sequences = {}, {}, {}
+    crashed = _control(rules, windows, settings, sequences)
+    _feed(crashed, signals[:4])
     crashed.persist()
-    assert windows and settings
+    assert windows and settings and sequences
     stored = dict(windows)
-    for i, signal in enumerate(signals[4:7], 4):
-        crashed.process(signal, 0, Source("retry:0", i))
+    _feed(crashed, signals[4:7])
     assert windows == stored  # nothing written between two commits
     # The crash loses what was not persisted; the input comes again from offset 2, the
-    # last commit being older than the last persist.
-    restarted = ControlProcessor(windows, settings, rules)
-    for i, signal in enumerate(signals[2:], 2):
-        restarted.process(signal, 0, Source("retry:0", i))
+    # last commit being older than the last persist: 2 and 3 were taken in already.
+    restarted = _control(rules, windows, settings, sequences)
+    assert [restarted.add(s, 0) for s in signals[2:5]] == [False, False, True]
+    _feed(restarted, signals[5:])
     assert _windows(restarted) == _windows(once)
     assert {k: v["s"] for k, v in settings.items()} == {k: v["s"] for k, v in once.settings.items()}
+
+
+def test_a_malformed_signal_is_refused_before_it_is_held():
+    rules, signals = _gmail_signals(1)
+    control = _control(rules)
+    bad = {k: v for k, v in signals[0].items() if k != "domain"}
+    with pytest.raises(KeyError, match="domain"):
+        control.add(bad, 0)
+    assert control.held() == 0
 
 
 def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
@@ -230,20 +263,19 @@ def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
         if o.topic == "signal"
     ]
     assert [s["src"] for s in emitted] == [["retry:2", i] for i in range(6)]
-    once = ControlProcessor({}, {}, rules)
-    for signal in emitted:
-        once.process(signal_from_dict(signal), 0, Source.of(signal))
-    twice = ControlProcessor({}, {}, rules)
-    # Inputs 0-5 emitted, a crash, inputs 3-5 processed and emitted again.
-    for signal in emitted + emitted[3:]:
-        twice.process(signal_from_dict(signal), 0, Source.of(signal))
+    once = _control(rules)
+    _feed(once, emitted)
+    twice = _control(rules)
+    # Inputs 0-5 emitted, a crash, inputs 3-5 processed and emitted again: whether the
+    # first copies were taken in already or are still held, they count once.
+    _feed(twice, emitted[:4])
+    _feed(twice, emitted[4:] + emitted[3:])
     assert _windows(twice) == _windows(once)
     assert {k: v["s"] for k, v in twice.settings.items()} == {
         k: v["s"] for k, v in once.settings.items()
     }
     # Streams are told apart: the same offset of another input partition is new.
-    other = dict(emitted[0], src=["retry:3", 0])
-    twice.process(signal_from_dict(other), 0, Source.of(other))
+    _feed(twice, [dict(emitted[0], src=["retry:3", 0])])
     assert _windows(twice) != _windows(once)
 
 
