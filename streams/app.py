@@ -7,6 +7,7 @@ source coordinates; the agent carries on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -189,6 +190,8 @@ class InputProgress:
         # End offsets asked of the broker for partitions the client knows no high
         # watermark of (aiokafka learns it from fetches that return records).
         self.ends: dict[TP, int] = {}
+        # stream → (end offset, next to process, last handed over) when last seen not idle
+        self.busy: dict[str, tuple[int | None, int, int | None]] = {}
 
     def note(self, tp: TP, offset: int, time_ms: int) -> None:
         last = self.latest.get(tp)
@@ -225,8 +228,10 @@ class InputProgress:
             in_flight = last is not None and read is not None and read > last[0]
             if end is None or done < end or in_flight:
                 self._quiet.pop(tp, None)
+                self.busy[stream] = (end, done, read)
             else:
                 since, then = self._quiet.setdefault(tp, (now, clock))
+                self.busy.pop(stream, None)
                 if now - since >= self.idle_s:
                     if then:  # a clock of 0: no event seen yet, nothing to claim
                         claims[stream] = then + 1
@@ -242,7 +247,34 @@ class InputProgress:
         self.latest.clear()
         self._quiet.clear()
         self.ends.clear()
+        self.busy.clear()
         self._sent = {}
+
+
+class _EndOffsets:
+    """End offsets asked of the broker (blocking: run it in an executor), for partitions
+    the Faust client has no high watermark of. One plain consumer, made when first needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_client_config(),
+            "group.id": f"{settings.app_id}-end-offsets",
+            "enable.auto.commit": False,
+        }
+        self._consumer: Any = None
+
+    def __call__(self, tps: list[TP]) -> dict[TP, int]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer(self.config)
+        return {
+            tp: self._consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=5
+            )[1]
+            for tp in tps
+        }
 
 
 def _highwater(consumer: Any, tp: TP) -> int | None:
@@ -349,6 +381,7 @@ def build_app(settings: Settings) -> Components:
     progress = InputProgress(
         {settings.topic(name): name for name in INPUT_TOPICS}, settings.commit_interval_s
     )
+    end_offsets = _EndOffsets(settings)
     _flush_before_commit(
         app,
         sink,
@@ -467,12 +500,13 @@ def build_app(settings: Settings) -> Components:
             stalled[partition] = ((stream, bound), ticks)
             if ticks and ticks % STALL_TICKS == 0:
                 log.info(
-                    "control[%s]: %s signals wait for input %s (at %s) for %s s",
+                    "control[%s]: %s signals wait for input %s (at %s) for %s s; here %s",
                     partition,
                     held,
                     stream,
                     "never heard of" if bound < 0 else bound,
                     round(ticks * TICK_INTERVAL_S),
+                    progress.busy.get(stream, "not read"),
                 )
         for partition in set(stalled) - set(waiting):
             del stalled[partition]
@@ -487,7 +521,8 @@ def build_app(settings: Settings) -> Components:
         try:
             unknown = progress.unknown_ends(app.consumer)
             if unknown:
-                progress.ends.update(await app.consumer.highwaters(*unknown))
+                asked = asyncio.get_running_loop().run_in_executor(None, end_offsets, unknown)
+                progress.ends.update(await asyncio.wait_for(asked, timeout=10))
             claims = progress.claims(app.consumer, parts.feedback.clock)
         except Exception:  # the timer must keep running: a dead one stops every decision
             log.exception("input progress not computed; retrying")

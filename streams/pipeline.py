@@ -1,6 +1,6 @@
 """The processing steps of the pipeline over key-value state, with no Kafka or Faust import.
 
-The Faust agents (streams/agents.py) call these with Faust tables as state; ``replay`` calls
+The Faust agents (streams/app.py) call these with Faust tables as state; ``replay`` calls
 them with dicts. Both therefore compute the same results from the same events.
 
 Data flows one way:
@@ -8,6 +8,8 @@ Data flows one way:
     input event ─► FeedbackProcessor ─► status, address (outputs)
                           │          └─► kpi-part (per tick) ─► KpiAggregator ─► kpi (output)
                           └─► signal ─► ControlProcessor ─► reputation, throttle (outputs)
+                                        (event-time sequencer,
+                                         reputation windows, controller)
 
 Delivery is at least once. Each step stores, per key, the source offset of the input that
 last changed it; when an input at or below that offset comes again (a redelivery after a
@@ -757,9 +759,6 @@ class ControlProcessor:
         if done.outputs or done.tokens or done.failed:
             self._dirty_sequences.add(partition)
         return done
-
-    def held(self) -> int:
-        return sum(part.sequencer.held for part in self._parts.values())
 
     def waiting(self) -> dict[int, tuple[int, str, int]]:
         """Partition → (signals held, the input stream holding them back, its bound in

@@ -48,15 +48,14 @@ class Sequencer(Generic[T]):
     released: dict[str, tuple[int, int]] = field(default_factory=dict)
     last_tick: int | None = None
     # stream → effective time of the last signal taken in (released or held)
-    _latest: dict[str, int] = field(default_factory=dict)
-    _held: list[tuple[int, str, int, T]] = field(default_factory=list)
-    _held_keys: set[tuple[str, int]] = field(default_factory=set)
+    _latest: dict[str, int] = field(default_factory=dict, init=False)
+    _held: list[tuple[int, str, int, T]] = field(default_factory=list, init=False)
+    _held_keys: set[tuple[str, int]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if self.tick_ms <= 0:
             raise ValueError(f"tick_ms must be positive, got {self.tick_ms}")
-        for stream, (_offset, eff) in self.released.items():
-            self._latest[stream] = max(self._latest.get(stream, eff), eff)
+        self._latest = {stream: eff for stream, (_offset, eff) in self.released.items()}
 
     def add(self, stream: str, offset: int, time_ms: int, item: T) -> bool:
         """Hold a signal; False when it was released or is held already (a redelivery)."""

@@ -185,6 +185,7 @@ def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step
         assert control.add(record, 0)
     # Nothing is decided before every input stream has moved past the signals.
     assert control.release(0).outputs == []
+    assert control.waiting() == {0: (5, "retry:2", -1)}  # retry:2 never heard of
     control.claim(0, {"retry:0": T0 + 5000, "retry:2": T0 + 5000})
     assert control.release(0).outputs == []
     control.claim(0, {"retry:3": T0 + 5000, "unknown:9": 0})
@@ -241,7 +242,7 @@ def test_a_malformed_signal_is_refused_before_it_is_held():
     bad = {k: v for k, v in signals[0].items() if k != "domain"}
     with pytest.raises(KeyError, match="domain"):
         control.add(bad, 0)
-    assert control.held() == 0
+    assert control.waiting() == {}
 
 
 def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
