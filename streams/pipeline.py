@@ -693,7 +693,8 @@ class ControlProcessor:
         self.settings = settings
         self.sequences: Store = {} if sequences is None else sequences
         self.rules = rules
-        self.streams = frozenset(streams)
+        self.streams = list(streams)
+        self._stream_set = frozenset(streams)
         self.tick_ms = tick_ms
         self._parts: dict[int, _PartitionControl] = {}
         self._dirty_windows: _Dirty = {}
@@ -736,7 +737,7 @@ class ControlProcessor:
         times = {str(stream): int(time_ms) for stream, time_ms in claims.items()}
         sequencer = self._part(partition).sequencer
         for stream, time_ms in times.items():
-            if stream in self.streams:
+            if stream in self._stream_set:
                 sequencer.claim(stream, time_ms)
         self._dirty_sequences.add(partition)
 

@@ -39,5 +39,6 @@ def topic_names(settings: Settings) -> dict[str, str]:
 
 
 def input_streams(partitions: int) -> list[str]:
-    """Every input stream (``family:partition``) a control partition waits for."""
+    """Every input stream (``family:partition``) a control partition waits for, sends
+    first: at equal event times the control step counts an attempt before its outcome."""
     return [f"{family}:{p}" for family in INPUT_TOPICS for p in range(partitions)]

@@ -6,10 +6,12 @@ second worker changes that interleaving, and a throttle controller fed in arriva
 decides differently from run to run and from ``replay``. The sequencer holds signals back
 and releases them in an order that depends on the input alone:
 
-- order: by *effective time*, then stream name, then offset. A signal's effective time is
-  the largest event time among it and the earlier signals of its stream in this partition,
-  so every stream is released in its own offset order (a stream whose times never go
-  backwards keeps its event times).
+- order: by *effective time*, then stream (in the order the streams are given: the
+  pipeline lists sends before bounces before retries, so at equal times an attempt is
+  counted before its outcome), then offset. A signal's effective time is the largest
+  event time among it and the earlier signals of its stream in this partition, so every
+  stream is released in its own offset order (a stream whose times never go backwards
+  keeps its event times).
 - watermark: each input stream has a *bound*, the smallest effective time it may still
   send: the effective time of its last signal here, or a larger *claim* from a progress
   record of the worker that reads it. Signals below the smallest bound over all streams
@@ -29,7 +31,7 @@ keeps their input records unacknowledged, so after a crash they are read again.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -41,7 +43,7 @@ Step = tuple[Literal["tick", "signal"], int, T | None]
 
 @dataclass
 class Sequencer(Generic[T]):
-    streams: frozenset[str]
+    streams: Sequence[str]  # every input stream, in tie-break order
     tick_ms: int
     claims: dict[str, int] = field(default_factory=dict)
     # stream → (offset, effective time) of the last signal released
@@ -49,13 +51,14 @@ class Sequencer(Generic[T]):
     last_tick: int | None = None
     # stream → effective time of the last signal taken in (released or held)
     _latest: dict[str, int] = field(default_factory=dict, init=False)
-    _held: list[tuple[int, str, int, T]] = field(default_factory=list, init=False)
+    _held: list[tuple[int, int, str, int, T]] = field(default_factory=list, init=False)
     _held_keys: set[tuple[str, int]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if self.tick_ms <= 0:
             raise ValueError(f"tick_ms must be positive, got {self.tick_ms}")
         self._latest = {stream: eff for stream, (_offset, eff) in self.released.items()}
+        self._rank = {stream: i for i, stream in enumerate(self.streams)}
 
     def add(self, stream: str, offset: int, time_ms: int, item: T) -> bool:
         """Hold a signal; False when it was released or is held already (a redelivery)."""
@@ -65,7 +68,8 @@ class Sequencer(Generic[T]):
         eff = max(time_ms, self._latest.get(stream, time_ms))
         self._latest[stream] = eff
         self._held_keys.add((stream, offset))
-        heapq.heappush(self._held, (eff, stream, offset, item))
+        rank = self._rank.get(stream, len(self._rank))  # an unknown stream: after, by name
+        heapq.heappush(self._held, (eff, rank, stream, offset, item))
         return True
 
     def claim(self, stream: str, time_ms: int) -> None:
@@ -105,7 +109,7 @@ class Sequencer(Generic[T]):
                     continue
             if head is None or head >= limit:
                 return out
-            eff, stream, offset, item = heapq.heappop(held)
+            eff, _rank, stream, offset, item = heapq.heappop(held)
             self._held_keys.discard((stream, offset))
             self.released[stream] = (offset, eff)
             if self.last_tick is None:
@@ -121,12 +125,12 @@ class Sequencer(Generic[T]):
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any] | None, streams: Iterable[str], tick_ms: int
+        cls, data: Mapping[str, Any] | None, streams: Sequence[str], tick_ms: int
     ) -> Sequencer[T]:
         data = data or {}
         released = {s: (int(o), int(e)) for s, (o, e) in data.get("released", {}).items()}
         return cls(
-            frozenset(streams),
+            streams,
             tick_ms,
             claims={s: int(t) for s, t in data.get("claims", {}).items()},
             released=released,

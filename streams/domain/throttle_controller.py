@@ -17,7 +17,9 @@ Negative feedback (``on_signal``):
   multiplied by ``decrease_factor`` (floored, never below min);
 - a reputation record of a key with volume >= ``min_volume`` (attempts; deliveries
   for complaints) whose rate reaches a *suspend* threshold suspends the key for
-  ``suspend_s``; one that reaches a *throttle* threshold lowers it as above;
+  ``suspend_s``; one that reaches a *throttle* threshold lowers it as above (not for
+  ``ip_group:<ip>|default``, which adds up every small domain: their domain keys are
+  judged instead, so one bad small domain cannot hold back the others);
 - automation rules (``automation.py``) matching the reply: ``throttle_down`` lowers,
   ``set_limit`` sets limits (clamped to [min, max]) and holds them for the rule's
   duration, ``suspend`` suspends for the rule's duration. ip_group-scoped rules act on
@@ -166,7 +168,9 @@ class ThrottleController:
         for record in reputation:
             if record.key == key:
                 self._judge(state(key, scope), record, now)
-            elif record.key == ip_key:
+            elif record.key == ip_key and signal.group != DEFAULT_GROUP:
+                # The default group's IP key adds up every small domain: judging it would
+                # let one bad small domain slow all the others (their domain keys judge).
                 self._judge(state(ip_key, "ip_group"), record, now)
         if signal.reply:
             for rule in self.automation:

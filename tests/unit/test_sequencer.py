@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from streams.domain.sequencer import Sequencer
 
-STREAMS = ("bounce:0", "send:0", "send:1")
+STREAMS = ("send:0", "send:1", "bounce:0")
 TICK = 10
 
 
 def _seq() -> Sequencer[str]:
-    return Sequencer(frozenset(STREAMS), TICK)
+    return Sequencer(STREAMS, TICK)
 
 
 def test_nothing_is_released_before_every_stream_is_heard_of():
@@ -49,6 +49,15 @@ def test_signals_and_ticks_come_in_event_time_order_below_the_watermark():
     assert seq.held == 0
 
 
+def test_at_equal_times_streams_come_in_the_order_given():
+    seq = _seq()
+    seq.add("bounce:0", 0, 10, "outcome")
+    seq.add("send:1", 0, 10, "attempt 2")
+    seq.add("send:0", 0, 10, "attempt 1")
+    steps = seq.release(until=11)
+    assert [s[2] for s in steps] == ["attempt 1", "attempt 2", "outcome"]
+
+
 def test_a_stream_whose_times_go_backwards_keeps_its_offset_order():
     seq = _seq()
     seq.add("send:0", 0, 30, "first")
@@ -72,7 +81,7 @@ def test_a_redelivered_signal_is_refused_and_stored_state_survives_a_restart():
 
 def test_tick_must_be_positive():
     with pytest.raises(ValueError, match="tick_ms"):
-        Sequencer(frozenset(STREAMS), 0)
+        Sequencer(STREAMS, 0)
 
 
 # Per stream: event times that never go backwards (the streams' offset order).

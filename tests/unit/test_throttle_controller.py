@@ -170,6 +170,24 @@ def test_default_group_domains_are_throttled_one_by_one():
     assert loop.ctl.setting("domain:other.example") is None
 
 
+def test_one_bad_small_domain_does_not_suspend_an_ip_for_every_small_domain():
+    loop = Loop()
+    # A list full of invalid addresses at one small domain, sent from one IP, among a
+    # clean long tail: the bad domain is suspended, the IP x default-group key is not
+    # judged on the sum of all small domains (only rate limits and rules act on it).
+    feed_invalid_traffic(loop, T0, 250, 2, IP, "bad.example", "default")
+    feed_invalid_traffic(loop, T0 + 250_000, 150, 1000, IP, "good.example", "default")
+    keys = {(s.key, s.mode) for s in loop.published}
+    assert ("domain:bad.example", "suspended") in keys
+    assert not any(k.startswith("ip_group:") or k == "domain:good.example" for k, _ in keys)
+    # A named group's IP key is judged as before.
+    google = Loop()
+    feed_invalid_traffic(google, T0, 300, 5, IP)
+    assert ("ip_group:192.0.2.20|google", "suspended") in {
+        (s.key, s.mode) for s in google.published
+    }
+
+
 def test_noisy_signal_at_threshold_does_not_flap():
     loop = Loop()
     rng = random.Random(7)
