@@ -193,8 +193,10 @@ class InputProgress:
         # stream → (end offset, next to process, last handed over) when last seen not idle
         self.busy: dict[str, tuple[int | None, int, int | None]] = {}
 
-    def note(self, tp: TP, offset: int, time_ms: int) -> None:
+    def note(self, tp: TP, offset: int, time_ms: int | None) -> None:
+        """Record ``offset`` of ``tp`` as handled (``time_ms`` None: dead-lettered)."""
         last = self.latest.get(tp)
+        time_ms = -1 if time_ms is None else time_ms
         self.latest[tp] = (offset, time_ms if last is None else max(last[1], time_ms))
         self._quiet.pop(tp, None)
         self.ends.pop(tp, None)
@@ -236,7 +238,7 @@ class InputProgress:
                     if then:  # a clock of 0: no event seen yet, nothing to claim
                         claims[stream] = then + 1
                     self._quiet[tp] = (now, clock)
-            if last is not None:
+            if last is not None and last[1] >= 0:
                 claims[stream] = max(claims.get(stream, 0), last[1])
         if not claims or claims == self._sent:
             return None
@@ -420,11 +422,15 @@ def build_app(settings: Settings) -> Components:
         if family == "clock":
             now = int(orjson.loads(msg.value)["now"])
             return parts.feedback.tick(now, msg.partition, msg.offset)
-        record = codec.decode(family, msg.value)
-        validate_event(family, record)
-        outputs = parts.feedback.process(family, record, msg.partition, msg.offset)
-        progress.note(msg.tp, msg.offset, record["event_time"])
-        return outputs
+        time_ms = None
+        try:
+            record = codec.decode(family, msg.value)
+            validate_event(family, record)
+            time_ms = record["event_time"]
+            return parts.feedback.process(family, record, msg.partition, msg.offset)
+        finally:
+            # A dead-lettered record is handled too: its partition can go idle after it.
+            progress.note(msg.tp, msg.offset, time_ms)
 
     def kpi(msg: Any) -> list[Output]:
         return parts.kpi.process(orjson.loads(msg.value), parts.feedback.clock, msg.offset)

@@ -92,3 +92,14 @@ def test_an_idle_stream_claims_once_the_worker_has_a_clock():
     assert progress.claims(consumer, clock=3_000) is None
     clock.now += 1.0
     assert progress.claims(consumer, clock=3_000) == {"retry:0": 3_001}
+
+
+def test_a_dead_lettered_last_record_does_not_keep_a_stream_busy():
+    progress, clock = _progress()
+    consumer = FakeConsumer({SEND0: 6})
+    progress.note(SEND0, 4, 5_000)
+    progress.note(SEND0, 5, None)  # undecodable: no event time, but handled
+    consumer._read_offset[SEND0] = 5
+    assert progress.claims(consumer, clock=5_000) == {"send:0": 5_000}
+    clock.now += 1.0
+    assert progress.claims(consumer, clock=5_000) == {"send:0": 5_001}
