@@ -495,8 +495,6 @@ def build_app(settings: Settings) -> Components:
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
-        # Spread this worker's event-time clock to every partition, so that validity expiry,
-        # suspensions and step-ups fire even where no event arrives.
         waiting = parts.control.waiting()
         for partition, (held, stream, bound) in waiting.items():
             # Held signals are normal (about a commit interval's worth); a watermark that
@@ -516,6 +514,8 @@ def build_app(settings: Settings) -> Components:
                 )
         for partition in set(stalled) - set(waiting):
             del stalled[partition]
+        # Spread this worker's event-time clock to every partition, so that validity expiry,
+        # quarantine resets and idle input partitions move on even where no event arrives.
         if parts.feedback.clock:
             value = _json({"now": parts.feedback.clock})
             for partition in range(settings.partitions):

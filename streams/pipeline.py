@@ -727,7 +727,7 @@ class ControlProcessor:
         """Hold a signal record; False when it was taken in or held already (acknowledge
         its token now). A malformed record raises here, before it is held."""
         signal, source = signal_from_dict(record), Source.of(record)
-        self._dirty_sequences.add(partition)
+        # Holding changes nothing the sequencer stores (claims, last released, last tick).
         return self._part(partition).sequencer.add(
             source.stream, source.offset, signal.time_ms, (signal, source, token)
         )

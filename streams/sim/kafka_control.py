@@ -98,13 +98,12 @@ class KafkaControlPlane:
 
     def advance(self, now_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
-        self._tick(("clock",))
+        self._tick()
 
-    def _tick(self, names: Sequence[str]) -> None:
+    def _tick(self) -> None:
         value = json.dumps({"now": self._now_ms}).encode()
-        for name in names:
-            for p in range(self.settings.partitions):
-                self._ticks.produce(self.settings.topic(name), value, partition=p)
+        for p in range(self.settings.partitions):
+            self._ticks.produce(self.settings.topic("clock"), value, partition=p)
 
     def _flush_ticks(self) -> None:
         if self._ticks.flush(self.timeout_s):
@@ -117,7 +116,7 @@ class KafkaControlPlane:
         # KPI partials go out on a partition's clock tick, and a tick may have been taken
         # before the inputs of its partition (another topic): one more tick, once they are
         # all in, publishes every partial they changed.
-        self._tick(("clock",))
+        self._tick()
         self._flush_ticks()
         self._caught_up(("clock",))
         self._caught_up(("signal", "kpi-part"))
