@@ -182,6 +182,7 @@ class FeedbackProcessor:
         config: PipelineConfig | None = None,
         signal_fn: Callable[[str, dict[str, Any], Qualification | None], Output | None]
         | None = None,
+        clocks: Store | None = None,
     ) -> None:
         self.messages = messages
         self.addresses = addresses
@@ -189,6 +190,10 @@ class FeedbackProcessor:
         self.qualifier = qualifier
         self.config = config or PipelineConfig()
         self.signal_fn = signal_fn
+        # Partition (str) → the clock when its last tick was applied. A restarted worker
+        # starts from the largest: the ticks and events that carried it are committed and
+        # not read again, and with no new input its own clock would stay behind for good.
+        self.clocks: Store = {} if clocks is None else clocks
         self.clock = 0
         self._message_due = _DueIndex(messages)
         self._address_due = _DueIndex(addresses)
@@ -207,6 +212,10 @@ class FeedbackProcessor:
         self._kpi_truth = None
         self._kpi_checked.clear()
         self._kpi_pending.clear()
+
+    def restore_clock(self) -> None:
+        """Catch the clock up with the one stored by the ticks of this or earlier workers."""
+        self.clock = max(self.clock, max(self.clocks.values(), default=0))
 
     def _reconcile_kpis(self, partition: int, out: list[Output]) -> None:
         """Make the partition's KPI partials agree with its messages table.
@@ -268,6 +277,8 @@ class FeedbackProcessor:
         for key in self._address_due.pop_due(partition, self.clock):
             self._address_time(key, partition, offset, family, out)
         out += self.flush_kpis(partition)
+        if self.clocks.get(str(partition)) != self.clock:
+            self.clocks[str(partition)] = self.clock
         return out
 
     # -- message status -------------------------------------------------------------

@@ -98,6 +98,23 @@ def test_the_clock_fails_a_message_when_its_validity_runs_out():
     assert "kpi-part" in topics(out)
 
 
+def test_a_restarted_worker_takes_up_the_clock_its_predecessors_stored():
+    clocks = {}
+    before = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
+    before.process("send", ev("M1", "relayed", 50), 0, 1)
+    before.tick(T0 + 100, 1, 7)  # a tick of another worker, carrying its clock
+    before.tick(T0 + 20, 0, 8)  # an older tick moves nothing back
+    assert clocks == {"1": T0 + 100, "0": T0 + 100}
+    # Its input and ticks are committed: a new worker reads nothing that carries the time.
+    after = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
+    assert after.clock == 0
+    after.restore_clock()
+    assert after.clock == T0 + 100
+    after.process("send", ev("M2", "relayed", 200), 0, 2)
+    after.restore_clock()  # never back
+    assert after.clock == T0 + 200
+
+
 def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
     messages, parts = {}, {}
     fp = processor(messages, parts)
