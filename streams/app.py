@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ class InputProgress:
     it was ``idle_s`` ago, plus 1 ms (assuming the producers write in event-time order),
     so that an idle partition does not hold every decision back. The wait keeps a
     momentary pause (or a stale or, on Tansu, short high watermark) from passing for
-    idleness. Claims are sent when they change."""
+    idleness. A stream's claim never goes down, and claims are sent when they change."""
 
     def __init__(
         self,
@@ -186,6 +187,7 @@ class InputProgress:
         self.latest: dict[TP, tuple[int, int]] = {}  # tp → (last offset, largest time)
         # tp → (monotonic time, worker clock) when it was last seen with nothing to read
         self._quiet: dict[TP, tuple[float, int]] = {}
+        self._claimed: dict[str, int] = {}  # stream → largest claim made
         self._sent: dict[str, int] = {}
         # End offsets asked of the broker for partitions the client knows no high
         # watermark of (aiokafka learns it from fetches that return records).
@@ -228,6 +230,7 @@ class InputProgress:
             done = last[0] + 1 if last else consumer._committed_offset.get(tp) or 0
             read = consumer._read_offset.get(tp)  # last handed to the agent
             in_flight = last is not None and read is not None and read > last[0]
+            claim = last[1] if last is not None and last[1] >= 0 else None
             if end is None or done < end or in_flight:
                 self._quiet.pop(tp, None)
                 self.busy[stream] = (end, done, read)
@@ -236,21 +239,65 @@ class InputProgress:
                 self.busy.pop(stream, None)
                 if now - since >= self.idle_s:
                     if then:  # a clock of 0: no event seen yet, nothing to claim
-                        claims[stream] = then + 1
+                        claim = max(claim or 0, then + 1)
                     self._quiet[tp] = (now, clock)
-            if last is not None and last[1] >= 0:
-                claims[stream] = max(claims.get(stream, 0), last[1])
+            if claim is not None:
+                self._claimed[stream] = max(claim, self._claimed.get(stream, claim))
+            if stream in self._claimed:
+                claims[stream] = self._claimed[stream]
         if not claims or claims == self._sent:
             return None
         self._sent = claims
         return claims
 
+    def describe(self, stream: str) -> str:
+        """What this worker knows of ``stream``, for an operator looking at a stall."""
+        if stream in self.busy:
+            end, done, read = self.busy[stream]
+            return f"reading here: end {end}, next to process {done}, last handed over {read}"
+        if stream in self._claimed:
+            return f"idle here, claimed {self._claimed[stream]}"
+        return "not read here (another worker's, or not yet assigned)"
+
     def reset(self) -> None:
         self.latest.clear()
         self._quiet.clear()
+        self._claimed.clear()
         self.ends.clear()
         self.busy.clear()
         self._sent = {}
+
+
+class InOrderAcks:
+    """Acknowledges each partition's records in offset order, as they are done.
+
+    Faust commits up to the first gap in the acknowledged offsets, but does not check that
+    the run starts at the committed offset: with record c held and c+1 acknowledged it
+    commits past c, and a crash then loses c. Handing Faust only each partition's prefix of
+    done records keeps its commit behind every record still held."""
+
+    def __init__(self) -> None:
+        self._open: dict[TP, deque[EventT]] = {}  # in arrival (offset) order
+        self._done: dict[TP, set[int]] = {}
+
+    def track(self, event: EventT) -> None:
+        self._open.setdefault(event.message.tp, deque()).append(event)
+
+    def done(self, events: list[EventT]) -> None:
+        for event in events:
+            msg = event.message
+            self._done.setdefault(msg.tp, set()).add(msg.offset)
+        for tp in {event.message.tp for event in events}:
+            queue, done = self._open.get(tp), self._done[tp]
+            while queue and queue[0].message.offset in done:
+                head = queue.popleft()
+                done.discard(head.message.offset)
+                head.ack()
+
+    def reset(self) -> None:
+        """After a rebalance: what was not acknowledged is read again."""
+        self._open.clear()
+        self._done.clear()
 
 
 class _EndOffsets:
@@ -367,6 +414,7 @@ def build_app(settings: Settings) -> Components:
             qualifier,
             settings.pipeline_config(),
             signal_fn=signal_output(rules),
+            clocks=table("clocks"),
         ),
         kpi=KpiAggregator(table("kpi-sums")),
         control=ControlProcessor(
@@ -384,6 +432,7 @@ def build_app(settings: Settings) -> Components:
         {settings.topic(name): name for name in INPUT_TOPICS}, settings.commit_interval_s
     )
     end_offsets = _EndOffsets(settings)
+    acks = InOrderAcks()
     _flush_before_commit(
         app,
         sink,
@@ -472,6 +521,7 @@ def build_app(settings: Settings) -> Components:
 
     async def run_control(stream: faust.StreamT) -> None:
         async for event in stream.noack().events():
+            acks.track(event)
             try:
                 done = control(event)
             except Exception as exc:  # malformed, never held: park the record
@@ -479,8 +529,7 @@ def build_app(settings: Settings) -> Components:
                 log.exception("control failed at %s@%s", msg.tp, msg.offset)
                 dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
                 done = [event]
-            for record in done:
-                record.ack()
+            acks.done(done)
 
     ingest_topics = app.topic(
         *(settings.topic(name) for name in (*INPUT_TOPICS, "clock")),
@@ -504,18 +553,19 @@ def build_app(settings: Settings) -> Components:
             stalled[partition] = ((stream, bound), ticks)
             if ticks and ticks % STALL_TICKS == 0:
                 log.info(
-                    "control[%s]: %s signals wait for input %s (at %s) for %s s; here %s",
+                    "control[%s]: %s signals wait for input %s (at %s) for %s s; %s",
                     partition,
                     held,
                     stream,
                     "never heard of" if bound < 0 else bound,
                     round(ticks * TICK_INTERVAL_S),
-                    progress.busy.get(stream, "not read"),
+                    progress.describe(stream),
                 )
         for partition in set(stalled) - set(waiting):
             del stalled[partition]
         # Spread this worker's event-time clock to every partition, so that validity expiry,
         # quarantine resets and idle input partitions move on even where no event arrives.
+        parts.feedback.restore_clock()
         if parts.feedback.clock:
             value = _json({"now": parts.feedback.clock})
             for partition in range(settings.partitions):
@@ -544,5 +594,6 @@ def build_app(settings: Settings) -> Components:
         parts.feedback.reset_indexes()
         parts.control.reset()
         progress.reset()
+        acks.reset()
 
     return parts

@@ -103,3 +103,24 @@ def test_a_dead_lettered_last_record_does_not_keep_a_stream_busy():
     assert progress.claims(consumer, clock=5_000) == {"send:0": 5_000}
     clock.now += 1.0
     assert progress.claims(consumer, clock=5_000) == {"send:0": 5_001}
+
+
+def test_claims_never_go_down_between_idle_periods():
+    progress, clock = _progress()
+    consumer = FakeConsumer({SEND0: 5})
+    progress.note(SEND0, 4, 5_000)
+    consumer._read_offset[SEND0] = 4
+    assert progress.claims(consumer, clock=5_000) == {"send:0": 5_000}
+    clock.now += 1.0
+    assert progress.claims(consumer, clock=8_000) == {"send:0": 5_001}
+    assert "idle here, claimed 5001" in progress.describe("send:0")
+    for _ in range(3):  # within the next idle period: the idle claim stands, nothing to send
+        clock.now += 0.3
+        assert progress.claims(consumer, clock=8_000) is None
+    clock.now += 0.2
+    assert progress.claims(consumer, clock=8_000) == {"send:0": 8_001}
+    progress.note(SEND0, 5, 6_000)  # a late record below the claim does not lower it
+    consumer.ends[SEND0], consumer._read_offset[SEND0] = 7, 5
+    assert progress.claims(consumer, clock=8_000) is None
+    assert "reading here: end 7, next to process 6" in progress.describe("send:0")
+    assert "not read here" in progress.describe("send:1")

@@ -1,0 +1,71 @@
+"""Control records are acknowledged to Faust in offset order (streams.app.InOrderAcks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.app import InOrderAcks
+
+TP0, TP1 = TP("signal", 0), TP("signal", 1)
+
+
+@dataclass(frozen=True)
+class Message:
+    tp: TP
+    offset: int
+
+
+class Event:
+    def __init__(self, tp: TP, offset: int, acked: list[tuple[TP, int]]) -> None:
+        self.message = Message(tp, offset)
+        self._acked = acked
+        self.acked = False
+
+    def ack(self) -> bool:
+        self._acked.append((self.message.tp, self.message.offset))
+        self.acked = True
+        return True
+
+
+def test_a_record_done_after_a_held_one_waits_for_it():
+    acked: list[tuple[TP, int]] = []
+    acks = InOrderAcks()
+    held, progress, other = Event(TP0, 3, acked), Event(TP0, 4, acked), Event(TP1, 9, acked)
+    for event in (held, progress, other):
+        acks.track(event)
+    acks.done([progress, other])
+    assert acked == [(TP1, 9)]  # partition 1 does not wait for partition 0
+    acks.done([held])
+    assert acked == [(TP1, 9), (TP0, 3), (TP0, 4)]
+
+
+def test_after_a_rebalance_nothing_from_before_is_acknowledged():
+    acked: list[tuple[TP, int]] = []
+    acks = InOrderAcks()
+    old = Event(TP0, 3, acked)
+    acks.track(old)
+    acks.reset()
+    new = Event(TP0, 3, acked)  # read again
+    acks.track(new)
+    acks.done([new])
+    assert new.acked and not old.acked
+
+
+@given(st.permutations(range(12)))
+def test_acknowledgements_are_a_growing_prefix_whatever_the_order_done(order):
+    acked: list[tuple[TP, int]] = []
+    acks = InOrderAcks()
+    events = [Event(TP0, 100 + i, acked) for i in range(12)]
+    for event in events:
+        acks.track(event)
+    for i in order:
+        acks.done([events[i]])
+        assert [offset for _tp, offset in acked] == list(range(100, 100 + len(acked)))
+        assert {events[j].message.offset for j in order[: order.index(i) + 1]} >= {
+            offset for _tp, offset in acked
+        }
+    assert len(acked) == 12
