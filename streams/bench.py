@@ -28,16 +28,13 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
-
 from streams.avro import Codec
 from streams.config import Settings
 from streams.producer import EventProducer
 from streams.stack import Stack, answers, broker_address
 from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
-from streams.testing.worker import WorkerProcess
+from streams.testing.worker import WorkerProcess, committed_input
 from streams.topics import INPUT_TOPICS
 
 # A Faust agent doing only the baseline's work, under the worker's configuration.
@@ -103,20 +100,6 @@ async def _baseline(settings: Settings, total: int) -> float:
     return seen / (time.monotonic() - (started or time.monotonic()))
 
 
-def _committed(settings: Settings) -> int:
-    """Offsets the worker's group committed on the input topics (admin API: a consumer in
-    that group, even one that never subscribes, could disturb the group)."""
-    tps = [
-        TopicPartition(settings.topic(f), p)
-        for f in INPUT_TOPICS
-        for p in range(settings.partitions)
-    ]
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    request = ConsumerGroupTopicPartitions(settings.app_id, tps)
-    result = admin.list_consumer_group_offsets([request])[settings.app_id].result(10)
-    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
-
-
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -163,7 +146,7 @@ def _pipeline(settings: Settings, total: int, log: Path, module: str | None = No
     done = 0
     deadline = time.monotonic() + 1800
     while done < total and time.monotonic() < deadline:
-        done = _committed(settings)
+        done = committed_input(settings)
         if first_at is None and done > 0:
             first_at, first_done, first_cpu = time.monotonic(), done, _cpu_s(pid)
         time.sleep(0.25)

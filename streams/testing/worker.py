@@ -10,7 +10,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
 from streams.config import Settings
+from streams.topics import INPUT_TOPICS
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -23,6 +27,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = values[f.name]
         env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def committed_input(settings: Settings) -> int:
+    """Input offsets the workers' group committed, summed over the input partitions (admin
+    API: a consumer in that group, even one that never subscribes, could disturb it)."""
+    tps = [
+        TopicPartition(settings.topic(f), p)
+        for f in INPUT_TOPICS
+        for p in range(settings.partitions)
+    ]
+    admin = AdminClient(
+        {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+    )
+    request = ConsumerGroupTopicPartitions(settings.app_id, tps)
+    result = admin.list_consumer_group_offsets([request])[settings.app_id].result(10)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
 
 class WorkerProcess:

@@ -8,6 +8,11 @@ the number of changes too): the control step's sequencer takes signals in by eve
 behind a watermark over all input streams, whatever order a restarted worker reads
 them in (streams/domain/sequencer.py). The producer writes in event-time order, as the
 idle-stream claims assume.
+
+The last kill comes as soon as every input record is processed and committed, before the
+control step can have learnt that the input went idle: the worker that follows has no
+input left to read and must still finish the decisions (with the clock its predecessors
+stored, not one rebuilt from input it never sees).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pytest
 
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import long_run
-from streams.testing.worker import WorkerProcess
+from streams.testing.worker import WorkerProcess, committed_input
 from streams.views import ViewStore
 
 from .helpers import collect, produce_paced
@@ -40,18 +45,24 @@ def test_sigkills_mid_stream_lose_nothing_and_count_nothing_twice(make_settings,
     expected = reference(events, settings.partitions)
     assert expected["throttle"], "the sample campaign moves no throttle: nothing compared"
     pace = random.Random(7)
-    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in range(KILLS + 1)]
+    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in range(KILLS + 2)]
     try:
         workers[0].start().wait_ready()
         producer = threading.Thread(target=produce_paced, args=(settings, events, PRODUCE_S, 100))
         producer.start()
         # Kill while the worker is busy: outputs and changelog writes are in flight.
         collect(settings, "status", lambda got: len(got) >= 200, "message_id", timeout=60)
-        for victim, successor in itertools.pairwise(workers):
+        for victim, successor in itertools.pairwise(workers[:-1]):
             time.sleep(pace.uniform(1.0, PRODUCE_S / (KILLS + 1)))
             victim.kill()
             successor.start().wait_ready()
         producer.join()
+        deadline = time.monotonic() + 60
+        while committed_input(settings) < len(events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert committed_input(settings) == len(events), "the input was never all committed"
+        workers[-2].kill()
+        workers[-1].start().wait_ready()
         got = stream_state(settings, expected)
         assert diff(expected, got) == []
         # The Redis views converge to the same statuses.
