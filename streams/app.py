@@ -99,19 +99,26 @@ def _changelog_via(sink: RecordSink, table: faust.Table) -> None:
 
 
 def _flush_before_commit(
-    app: faust.App, sink: RecordSink, tables: list[faust.Table], persist: Callable[[], None]
+    app: faust.App,
+    sink: RecordSink,
+    tables: list[faust.Table],
+    persist: Callable[[], Callable[[], None]],
 ) -> None:
     """Faust flushes its producer before it commits offsets; ``persist`` writes the state
     kept in memory between commits, then the sink is flushed too, so no input offset is
-    committed before its outputs and table changes are on the broker. Persistent stores
-    then learn how far their changelogs are written (as Faust's own changelog callback
-    would tell them)."""
+    committed before its outputs and table changes are on the broker. What ``persist``
+    returns is written after that flush and flushed in turn (the control step's
+    sequencers, which must never be stored ahead of its states). Persistent stores then
+    learn how far their changelogs are written (as Faust's own changelog callback would
+    tell them)."""
     faust_flush = app.producer.flush
     changelogs = {t.changelog_topic.get_topic_name(): t for t in tables}
 
     async def flush() -> None:
-        persist()
+        then = persist()
         await faust_flush()
+        await sink.aflush()
+        then()
         await sink.aflush()
         for (topic, partition), offset in list(sink.delivered_offsets.items()):
             table = changelogs.get(topic)

@@ -843,9 +843,15 @@ class ControlProcessor:
 
     def persist(
         self, in_partition: Callable[[int], AbstractContextManager[object]] = nullcontext
-    ) -> None:
-        """Store every window, controller state and sequencer changed since the last call;
-        each partition's writes happen inside ``in_partition(partition)``."""
+    ) -> Callable[[], None]:
+        """Store every window and controller state changed since the last call (each
+        partition's writes inside ``in_partition(partition)``); returns the step that
+        stores the changed sequencers as they are now.
+
+        Call that step only once the first writes (and the outputs sent before them) are
+        on the broker. A SIGKILL can land part of a flush, and a sequencer stored ahead of
+        the states would, after the restart, skip re-read signals that were never counted;
+        one stored behind only lets them through again, to be recognised per key."""
         by_partition: dict[int, list[tuple[Store, str, dict[str, Any]]]] = {}
         for key, (partition, taken) in self._dirty_windows.items():
             window = self._parts[partition].book.window(key)
@@ -857,10 +863,11 @@ class ControlProcessor:
             if state is not None:
                 rec = {"s": state.to_dict(), "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.settings, key, rec))
-        for partition in self._dirty_sequences:
-            if partition in self._parts:
-                rec = self._parts[partition].sequencer.to_dict()
-                by_partition.setdefault(partition, []).append((self.sequences, str(partition), rec))
+        sequences = {
+            partition: self._parts[partition].sequencer.to_dict()
+            for partition in self._dirty_sequences
+            if partition in self._parts
+        }
         self._dirty_windows.clear()
         self._dirty_settings.clear()
         self._dirty_sequences.clear()
@@ -868,6 +875,13 @@ class ControlProcessor:
             with in_partition(partition):
                 for store, key, rec in writes:
                     store[key] = rec
+
+        def store_sequences() -> None:
+            for partition, rec in sequences.items():
+                with in_partition(partition):
+                    self.sequences[str(partition)] = rec
+
+        return store_sequences
 
     def settings_off_baseline(self) -> list[ThrottleSetting]:
         """Settings that differ from their baseline, over the partitions held here."""
