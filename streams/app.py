@@ -13,7 +13,7 @@ import ssl
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -178,9 +178,11 @@ class InputProgress:
     assumed not to go backwards). A stream is *idle* when nothing is left to read in it
     and nothing of it was processed for ``idle_s``; it then claims the worker's clock as
     it was ``idle_s`` ago, plus 1 ms (assuming the producers write in event-time order),
-    so that an idle partition does not hold every decision back. The wait keeps a
-    momentary pause (or a stale or, on Tansu, short high watermark) from passing for
-    idleness. A stream's claim never goes down, and claims are sent when they change."""
+    so that an idle partition does not hold every decision back. "Nothing left" is not
+    taken from the client's high watermark, which Tansu reports short (the base offset of
+    the last batch): a partition that looks read to the end is a *candidate*, and the
+    caller probes the broker for a record at or after its next offset (``ends``). A
+    stream's claim never goes down, and claims are sent when they change."""
 
     def __init__(
         self,
@@ -196,10 +198,7 @@ class InputProgress:
         self._quiet: dict[TP, tuple[float, int]] = {}
         self._claimed: dict[str, int] = {}  # stream → largest claim made
         self._sent: dict[str, int] = {}
-        # End offsets asked of the broker for partitions the client knows no high
-        # watermark of (aiokafka learns it from fetches that return records).
-        self.ends: dict[TP, int] = {}
-        # stream → (end offset, next to process, last handed over) when last seen not idle
+        # stream → (high watermark, next to process, last handed over) when last seen busy
         self.busy: dict[str, tuple[int | None, int, int | None]] = {}
 
     def note(self, tp: TP, offset: int, time_ms: int | None) -> None:
@@ -208,39 +207,44 @@ class InputProgress:
         time_ms = -1 if time_ms is None else time_ms
         self.latest[tp] = (offset, time_ms if last is None else max(last[1], time_ms))
         self._quiet.pop(tp, None)
-        self.ends.pop(tp, None)
 
-    def unknown_ends(self, consumer: Any) -> list[TP]:
-        """Input partitions with nothing processed whose end neither we nor the client know."""
-        return [
-            tp
-            for tp in consumer.assignment()
-            if tp.topic in self.family_of
-            and tp not in self.latest
-            and tp not in self.ends
-            and _highwater(consumer, tp) is None
-        ]
-
-    def claims(self, consumer: Any, clock: int) -> dict[str, int] | None:
-        """The claims to send now, or None when they have not changed."""
-        now = self.monotonic()
-        claims: dict[str, int] = {}
+    def _inputs(self, consumer: Any) -> Iterator[tuple[TP, str, int, bool]]:
+        """(tp, stream, next offset to process, whether records are with the agent) per
+        assigned input partition."""
         for tp in consumer.assignment():
             family = self.family_of.get(tp.topic)
             if family is None:
                 continue
-            stream = f"{family}:{tp.partition}"
             last = self.latest.get(tp)
-            end = _highwater(consumer, tp)
-            if end is None:
-                end = self.ends.get(tp)
             done = last[0] + 1 if last else consumer._committed_offset.get(tp) or 0
             read = consumer._read_offset.get(tp)  # last handed to the agent
-            in_flight = last is not None and read is not None and read > last[0]
+            yield (
+                tp,
+                f"{family}:{tp.partition}",
+                done,
+                (last is not None and read is not None and read > last[0]),
+            )
+
+    def candidates(self, consumer: Any) -> dict[TP, int]:
+        """Partitions that look read to the end: tp → the offset to probe for a record."""
+        out = {}
+        for tp, _stream, done, in_flight in self._inputs(consumer):
+            end = _highwater(consumer, tp)
+            if not in_flight and (end is None or done >= end):
+                out[tp] = done
+        return out
+
+    def claims(self, consumer: Any, clock: int, ends: Mapping[TP, int]) -> dict[str, int] | None:
+        """The claims to send now, or None when they have not changed. ``ends``: where a
+        probe found partitions to end (no record at or after that offset)."""
+        now = self.monotonic()
+        claims: dict[str, int] = {}
+        for tp, stream, done, in_flight in self._inputs(consumer):
+            last = self.latest.get(tp)
             claim = last[1] if last is not None and last[1] >= 0 else None
-            if end is None or done < end or in_flight:
+            if in_flight or ends.get(tp) != done:
                 self._quiet.pop(tp, None)
-                self.busy[stream] = (end, done, read)
+                self.busy[stream] = (_highwater(consumer, tp), done, consumer._read_offset.get(tp))
             else:
                 since, then = self._quiet.setdefault(tp, (now, clock))
                 self.busy.pop(stream, None)
@@ -261,7 +265,10 @@ class InputProgress:
         """What this worker knows of ``stream``, for an operator looking at a stall."""
         if stream in self.busy:
             end, done, read = self.busy[stream]
-            return f"reading here: end {end}, next to process {done}, last handed over {read}"
+            return (
+                f"reading here: high watermark {end}, next to process {done}, "
+                f"last handed over {read}"
+            )
         if stream in self._claimed:
             return f"idle here, claimed {self._claimed[stream]}"
         return "not read here (another worker's, or not yet assigned)"
@@ -270,9 +277,57 @@ class InputProgress:
         self.latest.clear()
         self._quiet.clear()
         self._claimed.clear()
-        self.ends.clear()
         self.busy.clear()
         self._sent = {}
+
+
+class TailProbe:
+    """Tells which partitions have a record at or after an offset, asking the broker
+    (blocking: run it in an executor). One plain consumer, made when first needed, reads
+    from each offset until a record or the partition's end shows; a partition that shows
+    neither within ``wait_s`` counts as having records (so it is not taken for idle)."""
+
+    def __init__(self, settings: Settings, wait_s: float = 2.0) -> None:
+        self.config = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_client_config(),
+            "group.id": f"{settings.app_id}-tail-probe",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "auto.offset.reset": "earliest",
+        }
+        self.wait_s = wait_s
+        self._consumer: Any = None
+
+    def ends(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        """The partitions of ``offsets`` with no record at or after theirs."""
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+        if not offsets:
+            return {}
+        if self._consumer is None:
+            self._consumer = Consumer(self.config)
+        by_key = {(tp.topic, tp.partition): tp for tp in offsets}
+        self._consumer.assign(
+            [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        )
+        ended: dict[TP, int] = {}
+        seen: set[TP] = set()
+        deadline = time.monotonic() + self.wait_s
+        while len(ended) + len(seen) < len(offsets) and time.monotonic() < deadline:
+            msg = self._consumer.poll(0.1)
+            if msg is None:
+                continue
+            tp = by_key.get((msg.topic(), msg.partition()))
+            if tp is None or tp in seen or tp in ended:
+                continue
+            error = msg.error()
+            if error is None:
+                seen.add(tp)
+            elif error.code() == KafkaError._PARTITION_EOF and msg.offset() <= offsets[tp]:
+                ended[tp] = offsets[tp]
+        return ended
 
 
 class InOrderAcks:
@@ -305,32 +360,6 @@ class InOrderAcks:
         """After a rebalance: what was not acknowledged is read again."""
         self._open.clear()
         self._done.clear()
-
-
-class _EndOffsets:
-    """End offsets asked of the broker (blocking: run it in an executor), for partitions
-    the Faust client has no high watermark of. One plain consumer, made when first needed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.config = {
-            "bootstrap.servers": settings.bootstrap_servers,
-            **settings.kafka_client_config(),
-            "group.id": f"{settings.app_id}-end-offsets",
-            "enable.auto.commit": False,
-        }
-        self._consumer: Any = None
-
-    def __call__(self, tps: list[TP]) -> dict[TP, int]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._consumer is None:
-            self._consumer = Consumer(self.config)
-        return {
-            tp: self._consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=5
-            )[1]
-            for tp in tps
-        }
 
 
 def _highwater(consumer: Any, tp: TP) -> int | None:
@@ -438,7 +467,7 @@ def build_app(settings: Settings) -> Components:
     progress = InputProgress(
         {settings.topic(name): name for name in INPUT_TOPICS}, settings.commit_interval_s
     )
-    end_offsets = _EndOffsets(settings)
+    tail_probe = TailProbe(settings)
     acks = InOrderAcks()
     _flush_before_commit(
         app,
@@ -582,11 +611,10 @@ def build_app(settings: Settings) -> Components:
     async def claim() -> None:
         # After the signals of the inputs it covers (one producer, ordered per partition).
         try:
-            unknown = progress.unknown_ends(app.consumer)
-            if unknown:
-                asked = asyncio.get_running_loop().run_in_executor(None, end_offsets, unknown)
-                progress.ends.update(await asyncio.wait_for(asked, timeout=10))
-            claims = progress.claims(app.consumer, parts.feedback.clock)
+            candidates = progress.candidates(app.consumer)
+            asked = asyncio.get_running_loop().run_in_executor(None, tail_probe.ends, candidates)
+            ends = await asyncio.wait_for(asked, timeout=10)
+            claims = progress.claims(app.consumer, parts.feedback.clock, ends)
         except Exception:  # the timer must keep running: a dead one stops every decision
             log.exception("input progress not computed; retrying")
             return
