@@ -32,6 +32,10 @@
   CPU load, then committed as an offset gap). The thread now gets a snapshot, and none
   when it is empty. Any offset gap left in an acknowledged topic is logged as a warning:
   this project's topics have none of their own.
+- A worker crashed by a rebalance during recovery: the new assignment's standby
+  partitions start with no known offset (None) until the next recovery builds them, and
+  the recovery still running sought them there (``ValueError: Offset must be a positive
+  integer``, once in the rebalance test). Those partitions are left to the next recovery.
 - Per-record task: Faust's fetch loop hands every record over with
   ``wait_first(callback(message), suspend_flow.wait())``, two tasks per record, so a busy
   worker spent its time creating and cancelling tasks. The record is handed over directly
@@ -199,6 +203,19 @@ async def _on_recovery_completed(self: Recovery, generation_id: int = 0) -> None
         self.log.info("Worker ready")
 
 
+async def _seek_offsets(self: Recovery, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    """Faust's seek of changelog partitions to where their reading starts, without the
+    partitions whose start is not known yet (None): a rebalance during recovery adds its
+    standby partitions so, the recovery still running then sought them, and aiokafka's
+    ``seek(tp, None)`` crashed the worker. The recovery that rebalance starts seeks them."""
+    new_offsets = {}
+    for tp in list(tps):
+        offset = offsets[tp]
+        if offset is not None:
+            new_offsets[tp] = 0 if offset == -1 else offset
+    await consumer.seek_wait(new_offsets)
+
+
 async def _drain_messages(self: faust_consumer.Consumer, fetcher: Any) -> None:
     """faust 0.15's ``Consumer._drain_messages`` with a direct hand-over (see above)."""
     callback = self.callback
@@ -261,3 +278,4 @@ def apply(client_config: dict[str, Any]) -> None:
     faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
+    Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
