@@ -232,12 +232,17 @@ def _windows(control):
     return {k: v["w"] for k, v in control.windows.items()}
 
 
-def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_once():
-    rules, signals = _gmail_signals(10)
+def _reference_and_stored(n):
+    """A control step fed every signal, and one storing into dicts, with the signals."""
+    rules, signals = _gmail_signals(n)
     once = _control(rules)
     _feed(once, signals)
-    windows, settings, sequences = {}, {}, {}
-    crashed = _control(rules, windows, settings, sequences)
+    stores = {}, {}, {}
+    return rules, signals, once, _control(rules, *stores), stores
+
+
+def test_control_state_is_stored_on_persist_and_a_restart_counts_each_signal_once():
+    rules, signals, once, crashed, (windows, settings, sequences) = _reference_and_stored(10)
     _feed(crashed, signals[:4])
     crashed.persist()()
     assert windows and settings and sequences
@@ -257,11 +262,7 @@ def test_a_crash_between_the_states_and_the_sequencer_loses_no_signal():
     """The sequencers are stored after the windows and settings are on the broker: a crash
     in between leaves the sequencer behind, and the re-read signals are taken in again and
     recognised per key, not skipped."""
-    rules, signals = _gmail_signals(10)
-    once = _control(rules)
-    _feed(once, signals)
-    windows, settings, sequences = {}, {}, {}
-    crashed = _control(rules, windows, settings, sequences)
+    rules, signals, once, crashed, (windows, settings, sequences) = _reference_and_stored(10)
     _feed(crashed, signals[:6])
     crashed.persist()()
     _feed(crashed, signals[6:8])
