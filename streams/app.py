@@ -296,10 +296,6 @@ class TailProbe:
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,
             "auto.offset.reset": "earliest",
-            # One record tells: no prefetching of a busy partition into the worker's memory.
-            "max.partition.fetch.bytes": 1024,
-            "queued.min.messages": 1,
-            "queued.max.messages.kbytes": 1,
         }
         self.wait_s = wait_s
         self._consumer: Any = None
@@ -331,7 +327,6 @@ class TailProbe:
                 seen.add(tp)
             elif error.code() == KafkaError._PARTITION_EOF and msg.offset() <= offsets[tp]:
                 ended[tp] = offsets[tp]
-        self._consumer.unassign()
         return ended
 
 
