@@ -8,15 +8,18 @@ Known gap: sisimai labels 28 replies that say "user unknown" / "no such user" as
 ``filtered`` (hard = 0) because it decides from the SMTP stage (rejected after DATA),
 which the text does not show; the same wordings appear as ``userunknown`` (hard = 1)
 elsewhere in the corpus. No wording rule can agree with both, so the all-rows hard/soft
-figure cannot reach 97 % without fitting rules to rows. The test therefore asserts the
-97 % target on the rows sisimai labels from wording (all but ``filtered``) and a 89 %
-floor over all rows, and prints both.
+figure cannot reach 97 % without fitting rules to rows. The test measures that ceiling
+(the 5xx replies worded "user unknown" and alike, with both labels: a text-only
+qualifier loses the smaller side at best), asserts the 97 % target on the rows sisimai
+labels from wording (all but ``filtered``) and keeps the all-rows figure within two
+points of the ceiling, and prints all three.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,8 +73,19 @@ SISIMAI_TO_CAMPAIGN: dict[str, str | None] = {
 }
 
 HARD_TARGET = 0.97
-HARD_FLOOR_ALL_ROWS = 0.89
+HARD_BELOW_CEILING = 0.02
 REASON_TARGET = 0.90
+USER_UNKNOWN_WORDING = re.compile(
+    r"user unknown|unknown user|no such user|does not exist|unknown recipient", re.I
+)
+
+
+def text_only_ceiling(rows: list[dict[str, str]]) -> float:
+    """Best all-rows hard/soft agreement any qualifier reading only the reply can reach."""
+    worded = [r for r in rows if r["reply_code"].startswith("5")]
+    worded = [r for r in worded if USER_UNKNOWN_WORDING.search(r["text"])]
+    hard = sum(1 for r in worded if r["hard"] == "1")
+    return (len(rows) - min(hard, len(worded) - hard)) / len(rows)
 
 
 def load_rows() -> list[dict[str, str]]:
@@ -103,12 +117,14 @@ def test_corpus_agreement(capsys):
     hard_all = hard_ok / len(rows)
     hard_wording = hard_ok_wording / wording_rows
     reason = reason_ok / reason_rows
+    ceiling = text_only_ceiling(rows)
     with capsys.disabled():
         print(
-            f"\nsisimai corpus: hard/soft {hard_all:.1%} ({hard_ok}/{len(rows)} rows), "
+            f"\nsisimai corpus: hard/soft {hard_all:.1%} ({hard_ok}/{len(rows)} rows, "
+            f"text-only ceiling {ceiling:.1%}), "
             f"without 'filtered' {hard_wording:.1%} ({hard_ok_wording}/{wording_rows}); "
             f"reason {reason:.1%} ({reason_ok}/{reason_rows} rows)"
         )
     assert hard_wording >= HARD_TARGET
-    assert hard_all >= HARD_FLOOR_ALL_ROWS
+    assert hard_all >= ceiling - HARD_BELOW_CEILING
     assert reason >= REASON_TARGET
