@@ -132,6 +132,12 @@ class Settings:
         _float(0.01, 60),
         "How often the worker commits offsets (flushing its outputs first)",
     )
+    linger_ms: int = _var(
+        "MTA_LINGER_MS",
+        20,
+        _int(0, 1000),
+        "How long a producer gathers records into one batch per partition (latency vs load)",
+    )
     web_port: int = _var("MTA_WEB_PORT", 0, _int(0, 65535), "Faust web port; 0 disables it")
     standby_replicas: int = _var(
         "MTA_STANDBY_REPLICAS", 1, _int(0, 8), "Faust table standby replicas"

@@ -45,7 +45,9 @@ class RecordSink:
             "bootstrap.servers": settings.bootstrap_servers,
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
+            # A broker pays per batch: at 5 ms the embedded broker spent 0.3 of a core on
+            # 3,000 records/s over 4 partitions, at 20 ms 0.11 (see the README).
+            "linger.ms": settings.linger_ms,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500000,
             "partitioner": "murmur2_random",

@@ -11,8 +11,15 @@ def test_defaults_target_the_embedded_stack():
 
 
 def test_values_are_parsed():
-    s = Settings.from_env({"MTA_PARTITIONS": "8", "MTA_REDIS_VIEWS": "no", "MTA_TOPIC_PREFIX": "x"})
-    assert (s.partitions, s.redis_views, s.topic("kpi")) == (8, False, "x.kpi")
+    s = Settings.from_env(
+        {
+            "MTA_PARTITIONS": "8",
+            "MTA_REDIS_VIEWS": "no",
+            "MTA_TOPIC_PREFIX": "x",
+            "MTA_LINGER_MS": "0",
+        }
+    )
+    assert (s.partitions, s.redis_views, s.topic("kpi"), s.linger_ms) == (8, False, "x.kpi", 0)
 
 
 @pytest.mark.parametrize(
@@ -26,6 +33,7 @@ def test_values_are_parsed():
         ("MTA_BOUNCE_RULES_FILE", "/no/such/file.toml", "does not exist"),
         ("MTA_SESSION_TIMEOUT_S", "-1", "between"),
         ("MTA_COMMIT_INTERVAL_S", "0", "between"),
+        ("MTA_LINGER_MS", "-5", "between"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(var, value, words):
