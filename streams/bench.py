@@ -162,10 +162,10 @@ def _pipeline(settings: Settings, total: int, log: Path, module: str | None = No
     return _Run(eps, cpu, start_rss, worker)
 
 
-def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
-    """Produce relayed events at ``rate``/s; latency to each message's first status record."""
+def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> dict[str, Any]:
+    """Produce relayed events at ``rate``/s, their event times 1 ms apart from ``from_ms``;
+    latency to each message's first status record."""
     sent: dict[str, float] = {}
-    now_ms = int(time.time() * 1000) - 86_400_000
     n = int(rate * seconds)
 
     def relayed(i: int | str, event_time: int) -> dict[str, Any]:
@@ -185,15 +185,15 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
         (
             f"LAT-{i}",
             f"lat{i}@example.net".encode(),
-            codec.encode("send", relayed(i, now_ms + i), subject=f"{topic}-value"),
+            codec.encode("send", relayed(i, from_ms + 1 + i), subject=f"{topic}-value"),
         )
         for i in range(n)
     ]
     with FirstSeen(settings, "status") as follower:
-        with EventProducer(settings, overrides={"linger.ms": 1}) as producer:
+        with EventProducer(settings) as producer:
             # Not timed: an idempotent producer's first record waits for its producer id
             # and metadata (about 0.5 s here), which is start-up, not pipeline latency.
-            producer.send("send", relayed("warm-up", now_ms))
+            producer.send("send", relayed("warm-up", from_ms))
             producer.flush(10)
             follower.wait_for({"LAT-warm-up"})
             start, busy_before = time.monotonic(), _machine_busy()
@@ -250,7 +250,10 @@ def run(
         assert worker.proc is not None
         messages = len({e["message_id"] for _, e in events})
         rss_mb = _peak_rss_mb(worker.proc.pid)
-        latency = _latency(settings, pipeline * load, latency_seconds)
+        # Event time goes on from the loaded events: a jump of days would make the worker
+        # expire and retire the loaded messages at once (a 1 s stall in the first seconds).
+        last_ms = max(event["event_time"] for _, event in events)
+        latency = _latency(settings, pipeline * load, latency_seconds, last_ms)
         return {
             "events": len(events),
             "tracked_messages": messages,
