@@ -115,7 +115,13 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 
 def run(
-    duration: float, interval: float, burst: int, workdir: Path, audience: int, retention_s: int
+    duration: float,
+    interval: float,
+    burst: int,
+    workdir: Path,
+    audience: int,
+    retention_s: int,
+    fixed_rate: float | None = None,
 ) -> int:
     redis_server = RedisServer(workdir / "redis.log").start()
     prefix = f"soak{uuid.uuid4().hex[:8]}"
@@ -141,7 +147,7 @@ def run(
                 producer.send(*next(events))
         drained = wait_drained(lag, burst, timeout=600)
         max_rate = burst / drained
-        rate = max_rate / 2
+        rate = fixed_rate or max_rate / 2
         emit(
             {
                 "phase": "measure",
@@ -217,10 +223,23 @@ def main() -> int:
         default=86_400,
         help="event-time retention of final messages and idle addresses (production: days)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="soak at this many events/s instead of half the measured maximum (to compare runs:"
+        " the burst is drained in whole seconds of committed offsets)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         return run(
-            args.duration, args.interval, args.burst, Path(tmp), args.audience, args.retention_s
+            args.duration,
+            args.interval,
+            args.burst,
+            Path(tmp),
+            args.audience,
+            args.retention_s,
+            args.rate,
         )
 
 
