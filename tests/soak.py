@@ -4,9 +4,10 @@
     python tests/soak.py --duration 120      # a dry run
 
 First a burst measures the maximum rate (events/s the worker drains from a backlog); then
-events are produced at half that rate for ``--duration`` seconds. Every ``--interval`` s a
-JSON line gives the worker's RSS and the consumer lag; a final JSON summary gives the RSS
-growth after warm-up (target < 10 %) and the lag trend (events/s, ~0 when keeping up).
+events are produced at half that rate (or ``--rate``) for ``--duration`` seconds. Every
+``--interval`` s a JSON line gives the worker's RSS and the consumer lag; a final JSON
+summary gives the RSS growth after warm-up (target < 10 %) and the lag trend (events/s,
+~0 when keeping up).
 Uses the shared broker with its own topics and a private redis-server; exit code 1 if a
 target is missed.
 
@@ -147,7 +148,7 @@ def run(
                 producer.send(*next(events))
         drained = wait_drained(lag, burst, timeout=600)
         max_rate = burst / drained
-        rate = fixed_rate or max_rate / 2
+        rate = max_rate / 2 if fixed_rate is None else fixed_rate
         emit(
             {
                 "phase": "measure",
@@ -231,6 +232,8 @@ def main() -> int:
         " the burst is drained in whole seconds of committed offsets)",
     )
     args = parser.parse_args()
+    if args.rate is not None and args.rate <= 0:
+        parser.error(f"--rate must be positive, got {args.rate:g}")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         return run(
             args.duration,
