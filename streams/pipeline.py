@@ -40,7 +40,7 @@ from streams.domain.reputation import (
     signal_from_event,
     signal_keys,
 )
-from streams.domain.sequencer import Sequencer
+from streams.domain.sequencer import Due, Sequencer
 from streams.domain.throttle_controller import (
     KeyState,
     ThrottleController,
@@ -757,7 +757,7 @@ class ControlProcessor:
         them. A signal whose step fails is reported with its token, and the rest go on."""
         part = self._part(partition)
         done = Released([], [], [])
-        for kind, time_ms, item in part.sequencer.release(until):
+        for kind, time_ms, item in part.sequencer.steps(until, self._due(part)):
             if kind == "tick" or item is None:
                 done.outputs.extend(self._tick(part, partition, time_ms))
                 continue
@@ -771,6 +771,12 @@ class ControlProcessor:
         if done.outputs or done.tokens or done.failed:
             self._dirty_sequences.add(partition)
         return done
+
+    @staticmethod
+    def _due(part: _PartitionControl) -> Due | None:
+        """When the partition's next tick could change anything: the ticks before it are
+        left out (see ``ThrottleController.next_due``)."""
+        return part.controller.next_due
 
     def waiting(self) -> dict[int, tuple[int, str, int]]:
         """Partition → (signals held, the input stream holding them back, its bound in

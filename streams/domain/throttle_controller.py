@@ -45,6 +45,12 @@ cap for the current day); warm-up caps may be below the group's min.
 
 Modes: suspended > warmup > backoff (a limit below baseline) > normal.
 
+Time alone changes a key only at known instants: its suspension's end, its next climb
+step (a quiet interval after its last change or negative feedback, and its hold over),
+a warm-up day boundary, an automation hit leaving its trigger period. ``next_due`` names
+the earliest of them, so the caller can leave out the ticks before it: they would change
+nothing, and a jump of months in event time costs a few ticks instead of millions.
+
 State: only keys that published a change or count automation hits hold state
 (``KeyState``); such keys are kept (never evicted) so that their versions keep rising.
 """
@@ -119,6 +125,10 @@ class KeyState:
         return state
 
 
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def main_key(signal: Signal) -> tuple[SettingScope, str]:
     if signal.group == DEFAULT_GROUP:
         return "domain", f"domain:{signal.domain}"
@@ -140,6 +150,10 @@ class ThrottleController:
         self.automation = list(rules.automation if automation is None else automation)
         self.warmup_ips = dict(warmup_ips or {})
         self._states: dict[str, KeyState] = {}
+        # A lower bound of the instant at which a tick could next change a state (None:
+        # never, until a signal), or stale (``_due_known`` False) after a restore.
+        self._due: int | None = None
+        self._due_known = True
 
     # --- public API -------------------------------------------------------------------
 
@@ -188,11 +202,13 @@ class ThrottleController:
             # Keys still at baseline with nothing to remember cost no state.
             if st.version or st.counters:
                 self._states.setdefault(st.key, st)
+                self._due = _earliest(self._due, self._state_due(st, now))
         return out
 
     def tick(self, now_ms: int) -> list[ThrottleSetting]:
         """End suspensions on time, step up quiet healthy keys, follow warm-up days."""
         out = []
+        due: int | None = None
         for st in self._states.values():
             g = self.rules.group(st.group)
             self._resume_if_due(st, g, now_ms)
@@ -200,7 +216,7 @@ class ThrottleController:
             if st.suspended_until is None and self._warmup_cap(st, now_ms) is None:
                 self._increase_if_quiet(st, g, now_ms)
             for name, counter in list(st.counters.items()):
-                rule = next((r for r in self.automation if r.name == name), None)
+                rule = self._rule(name)
                 if rule is not None:
                     counter.prune(rule, now_ms)
                 if rule is None or not counter.hits:
@@ -208,7 +224,20 @@ class ThrottleController:
             setting = self._publish(st, now_ms)
             if setting:
                 out.append(setting)
+            due = _earliest(due, self._state_due(st, now_ms))
+        self._due, self._due_known = due, True
         return out
+
+    def next_due(self, at_ms: int) -> int | None:
+        """The earliest instant at or after ``at_ms`` at which ``tick`` could change a
+        state or publish a setting (it may change nothing even then); None when no tick
+        can before the next signal. Ticks before it may be left out."""
+        if not self._due_known:
+            due: int | None = None
+            for st in self._states.values():
+                due = _earliest(due, self._state_due(st, at_ms - 1))
+            self._due, self._due_known = due, True
+        return None if self._due is None else max(self._due, at_ms)
 
     def setting(self, key: str) -> ThrottleSetting | None:
         st = self._states.get(key)
@@ -227,6 +256,7 @@ class ThrottleController:
 
     def restore(self, state: KeyState) -> None:
         self._states[state.key] = state
+        self._due_known = False
 
     def size(self) -> int:
         return len(self._states)
@@ -372,6 +402,35 @@ class ThrottleController:
 
     def _too_soon(self, st: KeyState, g: GroupRules, now: int) -> bool:
         return st.changed_at is not None and now - st.changed_at < g.adjust_interval_s * 1000
+
+    def _state_due(self, st: KeyState, now: int) -> int | None:
+        """The earliest instant after ``now`` at which ``tick`` could change ``st``, which
+        is up to date at ``now``; None for never (until a signal). Erring early is safe."""
+        soon = now + 1
+        if st.published != self._snapshot(st, now):
+            return soon
+        due: int | None = None
+        for name, counter in st.counters.items():
+            rule = self._rule(name)
+            if rule is None or not counter.hits:
+                return soon
+            due = _earliest(due, counter.hits[0] + rule.trigger_period_s * 1000)
+        if st.suspended_until is not None:
+            due = _earliest(due, st.suspended_until)
+        elif self._warmup_cap(st, now) is not None and st.warmup_start_ms is not None:
+            # The cap, and the mode when warm-up ends, change on day boundaries only.
+            start = st.warmup_start_ms
+            due = _earliest(due, start + ((now - start) // DAY_MS + 1) * DAY_MS)
+        else:
+            g = self.rules.group(st.group)
+            if any(getattr(st, n) < getattr(g, n).max for n in LIMIT_FIELDS):
+                last = max(st.last_negative_ms or 0, st.changed_at or 0)
+                climb = max(last + g.quiet_interval_s * 1000, st.hold_until_ms or 0)
+                due = _earliest(due, climb)
+        return None if due is None else max(soon, due)
+
+    def _rule(self, name: str) -> AutomationRule | None:
+        return next((r for r in self.automation if r.name == name), None)
 
     # --- publishing -------------------------------------------------------------------
 
