@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/mta-feedback demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check streams tests
-	$(BIN)/ruff format --check streams tests
+	$(BIN)/ruff check streams tests benchmarks
+	$(BIN)/ruff format --check streams tests benchmarks
 
 # Long reliability runs: 30 s Redis outage, bigger fuzz and rebalance volumes, then a
 # 10-minute soak at half the measured maximum rate (about 20 minutes in all).
@@ -31,9 +31,11 @@ reliability: $(STAMP)
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
 	$(BIN)/python tests/soak.py --duration 600
 
-# Qualifier speed, then one worker against the aiokafka baseline (one JSON line each).
+# Qualifier speed, a gap in event time in the control step, then one worker against the
+# aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python tests/bench_qualify.py
+	$(BIN)/python benchmarks/event_time_gap.py
 	$(BIN)/mta-feedback bench --events $(or $(EVENTS),50000)
 
 stack-up: $(STAMP)

@@ -12,7 +12,9 @@ In one run, on the same broker and the same events:
 5. latency: events produced at 50% (``--latency-load``) of the measured pipeline rate;
    end-to-end latency is event produced → its message's first status record consumed,
    beside the machine's CPU use meanwhile (worker, broker and generator share it);
-6. memory: the worker's peak RSS, per million tracked messages.
+6. feedback latency: then 20 rate-limit replies, each for a fresh domain, produced 50 ms
+   apart; rate-limit reply produced → its throttle record consumed from the control topic;
+7. memory: the worker's peak RSS, per million tracked messages.
 
 Prints one JSON line.
 """
@@ -32,6 +34,7 @@ from streams.avro import Codec
 from streams.config import Settings
 from streams.producer import EventProducer
 from streams.stack import Stack, answers, broker_address
+from streams.testing import latency as feedback_latency
 from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
 from streams.testing.worker import WorkerProcess, committed_input
@@ -254,6 +257,8 @@ def run(
         # expire and retire the loaded messages at once (a 1 s stall in the first seconds).
         last_ms = max(event["event_time"] for _, event in events)
         latency = _latency(settings, pipeline * load, latency_seconds, last_ms)
+        # Feedback after that load, its event times going on from the latency events'.
+        feedback = feedback_latency.measure(settings, last_ms + latency["latency_events"] + 2)
         return {
             "events": len(events),
             "tracked_messages": messages,
@@ -265,6 +270,10 @@ def run(
             "worker_cpu_ms_per_1k_events": round(measured.cpu_ms_per_1k, 1),
             "bare_agent_cpu_ms_per_1k_events": round(bare.cpu_ms_per_1k, 1),
             **latency,
+            "feedback_triggers": feedback["triggers"],
+            "feedback_received": feedback["received"],
+            "feedback_p50_ms": feedback.get("p50_ms", -1.0),
+            "feedback_p99_ms": feedback.get("p99_ms", -1.0),
             "start_rss_mb": round(start_rss, 1),
             "peak_rss_mb": round(rss_mb, 1),
             # Growth over the start-up footprint, scaled to a million tracked messages.

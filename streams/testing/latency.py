@@ -99,16 +99,23 @@ def figures(sent: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def measure(settings: Settings, triggers: int = 50, gap_s: float = 0.1) -> dict[str, Any]:
-    """Produce ``triggers`` rate-limit replies ``gap_s`` apart; return latency figures (ms)."""
+def measure(
+    settings: Settings,
+    from_ms: int,
+    triggers: int = 20,
+    gap_s: float = 0.05,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Produce ``triggers`` rate-limit replies ``gap_s`` apart, their event times 1 ms
+    apart from ``from_ms``; return latency figures (ms). Waits up to ``timeout_s`` for
+    the last control record: a slow day lengthens the figures, not the outcome."""
     with FirstSeen(settings, "throttle") as follower:
         sent: dict[str, float] = {}
-        base = int(time.time() * 1000) - 3_600_000
         with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
             for i in range(triggers):
-                producer.send("retry", trigger(i, base + i))
+                producer.send("retry", trigger(i, from_ms + i))
                 producer.flush(5)
                 sent[f"domain:lat{i}.example.com"] = time.monotonic()
                 time.sleep(gap_s)
-        follower.wait_for(set(sent))
+        follower.wait_for(set(sent), timeout_s)
     return {"triggers": triggers, **figures(sent, follower.seen)}

@@ -24,4 +24,6 @@ def test_bench_measures_every_figure(make_settings):
     assert result["latency_received"] == result["latency_events"] > 0
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert 0 < result["latency_machine_cpu_pct"] <= 100
+    assert result["feedback_received"] == result["feedback_triggers"] == 20
+    assert 0 < result["feedback_p50_ms"] <= result["feedback_p99_ms"]
     assert result["peak_rss_mb"] > result["start_rss_mb"] > 0

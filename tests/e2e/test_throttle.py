@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from streams.producer import EventProducer
-from streams.testing import latency
 from streams.testing.worker import WorkerProcess
 from streams.views import ViewStore
 
@@ -69,10 +68,6 @@ def test_rate_limit_replies_throttle_google_down_and_reach_the_control_topic_and
             if time.monotonic() > deadline:
                 break
         assert notes, "no pub/sub notification of the change"
-        # The feedback latency is a figure for the benchmark, measured here for the record.
-        figures = latency.measure(settings, triggers=20, gap_s=0.05)
-        print("feedback latency", figures)
-        assert figures["received"] == 20
     finally:
         pubsub.close()
         worker.stop()
