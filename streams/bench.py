@@ -207,7 +207,7 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
                 producer.produce_raw(topic, key, value)
                 sent[mid] = time.monotonic()
             busy_after = _machine_busy()
-        follower.wait_for(set(sent))
+        follower.wait_for(set(sent), timeout=120)
     result = figures(sent, follower.seen)
     busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
     return {

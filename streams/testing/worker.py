@@ -85,8 +85,13 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the worker has joined its group and started its agents."""
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Wait until the worker has joined its group and started its agents.
+
+        Polls the log, so a generous ceiling costs nothing: about 6 s from cold here, 15 s
+        after a SIGKILLed member (its 6 s session timeout first), 20 s when a busy member
+        must rejoin; a slow or shared machine can triple the part that is not a timeout.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

@@ -63,8 +63,9 @@ def _event_ids_on_topic(settings: Settings, expected: set[str]) -> Counter[str]:
     in, then on until the topic stays quiet, so duplicates written late are counted too."""
     seen: Counter[str] = Counter()
     with OutputConsumer(settings, "send") as consumer:
-        # The first read also waits for the group join on the fresh broker.
-        for record in consumer.records(idle_timeout=15.0, max_wait=90.0):
+        # The first read also waits for the group join on the fresh broker (3 s here), so
+        # it ends on the expected ids or the ceiling, not on a quiet spell.
+        for record in consumer.records(idle_timeout=90.0, max_wait=90.0):
             seen[record.value["event_id"]] += 1
             if expected <= set(seen):
                 break
