@@ -29,12 +29,12 @@ reliability: $(STAMP)
 	MTA_RELIABILITY=long $(BIN)/pytest -q -p no:cacheprovider -s \
 		tests/e2e/test_crash_recovery.py tests/e2e/test_rebalance.py tests/e2e/test_redis_outage.py \
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
-	$(BIN)/python tests/soak.py --duration 600
+	$(BIN)/python benchmarks/soak.py --duration 600
 
 # Qualifier speed, a gap in event time in the control step, then one worker against the
 # aiokafka baseline (one JSON line each).
 bench: $(STAMP)
-	$(BIN)/python tests/bench_qualify.py
+	$(BIN)/python benchmarks/qualify_speed.py
 	$(BIN)/python benchmarks/event_time_gap.py
 	$(BIN)/mta-feedback bench --events $(or $(EVENTS),50000)
 

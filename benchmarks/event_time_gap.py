@@ -16,10 +16,10 @@ import json
 import time
 from typing import Any
 
-from streams.domain.mx_rules import load_mx_rules
-from streams.domain.reputation import Signal
-from streams.domain.sequencer import Due
-from streams.pipeline import ControlProcessor, signal_to_dict
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.domain.control.reputation import Signal
+from streams.domain.control.sequencer import Due
+from streams.pipeline.steps import ControlProcessor, signal_to_dict
 
 T0 = 1_767_225_600_000  # 2026-01-01
 DAY_MS = 86_400_000

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.config import Settings
-from streams.stack import Stack, answers, broker_address
+from streams.runtime.config import Settings
+from streams.tools.stack import Stack, answers, broker_address
 
 BASE = Settings.from_env()
 

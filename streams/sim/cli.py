@@ -33,7 +33,7 @@ def _one(config: SimConfig, in_process: bool) -> SimResult:
         from streams.sim.control import InProcessControlPlane
 
         return simulate(config, InProcessControlPlane())
-    from streams.config import Settings
+    from streams.runtime.config import Settings
     from streams.sim.kafka_control import KafkaControlPlane
     from streams.sim.session import pipeline
 

@@ -1,5 +1,5 @@
 """How the simulator talks to the pipeline: the ``ControlPlane`` protocol, and the in-process
-implementation that runs the pipeline's own steps (``streams.replay.Replayer``) in memory.
+implementation that runs the pipeline's own steps (``streams.tools.replay.Replayer``) in memory.
 
 The loop publishes a step's events, then calls ``sync()``: when it returns, the feedback of
 those events has been processed and ``throttle()`` holds the newest setting per key, as a
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from streams.pipeline import Output
-from streams.replay import Replayer
+from streams.pipeline.steps import Output
 from streams.sim.mta import Event
+from streams.tools.replay import Replayer
 
 
 class ControlPlane(Protocol):

@@ -28,12 +28,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from streams.avro import Codec
-from streams.config import Settings
-from streams.producer import EventProducer
+from streams.pipeline.topics import INPUT_TOPICS
+from streams.runtime.codec import Codec
+from streams.runtime.config import Settings
+from streams.runtime.producer import EventProducer
 from streams.sim.control import LatestRecords
 from streams.sim.mta import Event
-from streams.topics import INPUT_TOPICS
 
 
 class SyncTimeout(TimeoutError):

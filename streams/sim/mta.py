@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.domain.mx_rules import DEFAULT_GROUP, GroupRules, MxRules
+from streams.domain.control.mx_rules import DEFAULT_GROUP, GroupRules, MxRules
 from streams.sim.campaign import Recipient
 from streams.sim.providers import Outcome, ProviderNetwork, Reply
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.domain.mx_rules import MxRules, load_mx_rules
+from streams.domain.control.mx_rules import MxRules, load_mx_rules
 from streams.sim.campaign import CampaignSpec, build_recipients
 from streams.sim.control import ControlPlane
 from streams.sim.mta import DAY_S, LimitBook, Mta, MtaTotals

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from streams.config import Settings
-from streams.stack import Stack, answers, broker_address
+from streams.runtime.config import Settings
 from streams.testing.worker import WorkerProcess
+from streams.tools.stack import Stack, answers, broker_address
 
 SIM_COMMIT_INTERVAL_S = 0.1
 

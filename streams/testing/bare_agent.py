@@ -11,10 +11,10 @@ from typing import Any
 
 import faust
 
-from streams.app import faust_app
-from streams.avro import Codec
-from streams.config import Settings
-from streams.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS
+from streams.runtime.app import faust_app
+from streams.runtime.codec import Codec
+from streams.runtime.config import Settings
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from streams.config import Settings
-from streams.producer import EventProducer
+from streams.runtime.config import Settings
+from streams.runtime.producer import EventProducer
 
 RATE_LIMIT_REPLY = "421 4.7.0 Too many messages from your IP address, slow down and try again later"
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from streams.stack import answers, tansu_binary
+from streams.tools.stack import answers, tansu_binary
 
 
 def free_port() -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.config import Settings
-from streams.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS
+from streams.runtime.config import Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -65,7 +65,7 @@ class WorkerProcess:
         if self.module:
             argv = [sys.executable, "-m", self.module]
         else:
-            argv = [sys.executable, "-m", "streams.cli", "worker"]
+            argv = [sys.executable, "-m", "streams.tools.cli", "worker"]
             if not self.views:
                 argv.append("--no-views")
         with open(self.log_path, "ab") as log:

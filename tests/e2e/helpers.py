@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from streams.config import Settings
-from streams.consumer import OutputConsumer
-from streams.producer import EventProducer
+from streams.runtime.config import Settings
+from streams.runtime.producer import EventProducer
+from streams.serving.consumer import OutputConsumer
 from streams.testing.sample import Event
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

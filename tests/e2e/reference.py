@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import replay
-from streams.config import Settings
-from streams.replay import Replayer
+from streams.runtime.config import Settings
 from streams.testing.sample import Event
+from streams.tools import replay
+from streams.tools.replay import Replayer
 
 from .helpers import collect
 

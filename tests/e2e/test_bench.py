@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import bench
+from streams.tools import bench
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ nothing counted twice, no decision taken differently.
 Throttle settings are compared in full (mode, limits, suspension, reason and version, so
 the number of changes too): the control step's sequencer takes signals in by event time
 behind a watermark over all input streams, whatever order a restarted worker reads
-them in (streams/domain/sequencer.py). The producer writes in event-time order, as the
+them in (streams/domain/control/sequencer.py). The producer writes in event-time order, as the
 idle-stream claims assume.
 
 The last kill comes as soon as every input record is processed and committed, before the
@@ -24,10 +24,10 @@ import time
 
 import pytest
 
+from streams.serving.views import ViewStore
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import long_run
 from streams.testing.worker import WorkerProcess, committed_input
-from streams.views import ViewStore
 
 from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state

@@ -20,9 +20,9 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
-from streams.avro import SINGLE_OBJECT_MAGIC, Codec, load_schema_json
-from streams.config import Settings
-from streams.consumer import OutputConsumer
+from streams.runtime.codec import SINGLE_OBJECT_MAGIC, Codec, load_schema_json
+from streams.runtime.config import Settings
+from streams.serving.consumer import OutputConsumer
 from streams.testing.services import long_run
 from streams.testing.worker import WorkerProcess
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import Settings
-from streams.consumer import OutputConsumer
-from streams.producer import EventProducer, ProducerError
-from streams.stack import Stack
+from streams.runtime.config import Settings
+from streams.runtime.producer import EventProducer, ProducerError
+from streams.serving.consumer import OutputConsumer
 from streams.testing.proxy import TcpProxy
 from streams.testing.services import TansuBroker, free_port
+from streams.tools.stack import Stack
 
 from .helpers import event
 

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from streams.app import build_app
-from streams.config import Settings
+from streams.runtime.app import build_app
+from streams.runtime.config import Settings
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import long_run
 from streams.testing.worker import WorkerProcess

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.config import Settings
+from streams.runtime.config import Settings
+from streams.serving.views import ViewStore
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import RedisServer, long_run
 from streams.testing.worker import WorkerProcess
-from streams.views import ViewStore
 
 from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state

@@ -8,8 +8,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.config import Settings
-from streams.producer import EventProducer
+from streams.runtime.config import Settings
+from streams.runtime.producer import EventProducer
 from streams.testing.worker import WorkerProcess
 
 from .helpers import collect, collect_all, event

@@ -31,17 +31,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.avro import Codec
-from streams.config import KafkaAuthError, Settings
-from streams.consumer import OutputConsumer
-from streams.producer import EventProducer
-from streams.sink import ProducerError
-from streams.stack import Stack
+from streams.runtime.codec import Codec
+from streams.runtime.config import KafkaAuthError, Settings
+from streams.runtime.producer import EventProducer
+from streams.runtime.sink import ProducerError
+from streams.serving.consumer import OutputConsumer
+from streams.serving.views import ViewStore
 from streams.testing.proxy import TcpProxy
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import RedisServer, TansuBroker, free_port
 from streams.testing.worker import WorkerProcess
-from streams.views import ViewStore
+from streams.tools.stack import Stack
 
 from .helpers import collect, collect_all, event
 

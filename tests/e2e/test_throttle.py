@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from streams.producer import EventProducer
+from streams.runtime.producer import EventProducer
+from streams.serving.views import ViewStore
 from streams.testing.worker import WorkerProcess
-from streams.views import ViewStore
 
 from .helpers import collect, event
 

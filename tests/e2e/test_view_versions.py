@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from streams.config import Settings
-from streams.views import ViewStore
+from streams.runtime.config import Settings
+from streams.serving.views import ViewStore
 
 
 def _status(version: int, status: str) -> dict:

@@ -7,8 +7,8 @@ import io
 import fastavro
 import pytest
 
-from streams.avro import Codec
-from streams.producer import EventProducer
+from streams.runtime.codec import Codec
+from streams.runtime.producer import EventProducer
 from streams.testing.worker import WorkerProcess
 
 from .helpers import collect, collect_all, event

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.address_health import (
+from streams.domain.recipient.address_health import (
     DENYLISTED,
     QUARANTINED,
     VALID,

@@ -1,6 +1,6 @@
 import pytest
 
-from streams.domain.automation import (
+from streams.domain.control.automation import (
     AutomationError,
     ShapingWarning,
     TriggerCounter,
@@ -9,9 +9,9 @@ from streams.domain.automation import (
     parse_rate,
     parse_rule,
 )
-from streams.domain.mx_rules import load_mx_rules
-from streams.domain.reputation import Signal
-from streams.domain.throttle_controller import ThrottleController
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.domain.control.reputation import Signal
+from streams.domain.control.throttle_controller import ThrottleController
 
 RULES = load_mx_rules()
 T0 = 1_700_000_000_000

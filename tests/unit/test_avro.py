@@ -4,7 +4,7 @@ import struct
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from streams.avro import Codec, DecodeError, load_schema_json, schema_fingerprint
+from streams.runtime.codec import Codec, DecodeError, load_schema_json, schema_fingerprint
 
 EVENT = {
     "event_id": "e1",

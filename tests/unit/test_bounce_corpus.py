@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.domain.bounce_rules import Qualifier
+from streams.domain.bounce.qualifier import Qualifier
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = (

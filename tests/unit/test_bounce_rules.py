@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.bounce_rules import (
+from streams.domain.bounce.qualifier import (
     Qualifier,
     RulesError,
     default_qualifier,

@@ -1,6 +1,6 @@
 import pytest
 
-from streams.config import ENV_VARS, ConfigError, Settings
+from streams.runtime.config import ENV_VARS, ConfigError, Settings
 
 
 def test_defaults_target_the_embedded_stack():
@@ -92,7 +92,7 @@ def test_replay_uses_the_configured_thresholds(tmp_path):
     import io
     import json
 
-    from streams import replay
+    from streams.tools import replay
 
     lines = [
         {"family": "send", "kind": "relayed", "event_time": "2026-01-01T00:00:00Z"},

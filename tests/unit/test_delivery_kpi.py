@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.delivery_kpi import NAMES, KpiCounts, KpiDelta, kpi_delta
-from streams.domain.message_status import (
+from streams.domain.recipient.delivery_kpi import NAMES, KpiCounts, KpiDelta, kpi_delta
+from streams.domain.recipient.message_status import (
     FAILED,
     SENT,
     TAKEN_INTO_ACCOUNT,

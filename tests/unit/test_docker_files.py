@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from streams.config import ENV_VARS
+from streams.runtime.config import ENV_VARS
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
@@ -34,7 +34,7 @@ def test_every_variable_set_for_our_services_is_known_to_the_settings():
 
 
 def test_our_services_run_commands_the_cli_has():
-    from streams.cli import build_parser
+    from streams.tools.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name, service in _compose()["services"].items():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.domain.bounce_rules import default_qualifier
-from streams.domain.dsn import parse_report
+from streams.domain.bounce.dsn import parse_report
+from streams.domain.bounce.qualifier import default_qualifier
 
 Q = default_qualifier()
 

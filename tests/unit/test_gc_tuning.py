@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.gc_tuning import freeze_survivors
+from streams.runtime.gc_tuning import freeze_survivors
 
 
 class _Node:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.message_status import (
+from streams.domain.recipient.message_status import (
     FAILED,
     SENT,
     TAKEN_INTO_ACCOUNT,

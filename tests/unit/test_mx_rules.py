@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.domain.mx_rules import MxRulesError, load_mx_rules
+from streams.domain.control.mx_rules import MxRulesError, load_mx_rules
 
 
 @pytest.fixture(scope="module")

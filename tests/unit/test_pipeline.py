@@ -2,9 +2,9 @@
 
 import pytest
 
-from streams.domain.bounce_rules import default_qualifier
-from streams.domain.mx_rules import load_mx_rules
-from streams.pipeline import (
+from streams.domain.bounce.qualifier import default_qualifier
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.pipeline.steps import (
     ControlProcessor,
     FeedbackProcessor,
     KpiAggregator,

@@ -7,7 +7,7 @@ import io
 import json
 import sys
 
-from streams import qualify_cli
+from streams.tools import qualify
 
 DSN = b"""From: MAILER-DAEMON@mta1.example.net
 Subject: Undelivered Mail Returned to Sender
@@ -61,11 +61,11 @@ Original-Rcpt-To: <frank@example.org>
 
 def run(capsys, *argv: str, stdin: bytes | None = None, monkeypatch=None):
     parser = argparse.ArgumentParser()
-    qualify_cli.add_arguments(parser)
+    qualify.add_arguments(parser)
     args = parser.parse_args(argv)
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = qualify_cli.run(args)
+    code = qualify.run(args)
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     return code, lines, captured.err

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.views import ViewStore, key_part
+from streams.serving.views import ViewStore, key_part
 
 HOSTILE = [
     "a:b",

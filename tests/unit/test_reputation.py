@@ -1,7 +1,7 @@
 import pytest
 
-from streams.domain.mx_rules import load_mx_rules
-from streams.domain.reputation import (
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.domain.control.reputation import (
     BUCKET_MS,
     KeyWindow,
     Rates,

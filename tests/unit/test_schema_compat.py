@@ -11,7 +11,7 @@ import fastavro
 import pytest
 from fastavro.utils import generate_many
 
-from streams.avro import SCHEMA_FILES, schema_dir
+from streams.runtime.codec import SCHEMA_FILES, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

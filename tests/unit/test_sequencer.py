@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.sequencer import Sequencer
+from streams.domain.control.sequencer import Sequencer
 
 STREAMS = ("send:0", "send:1", "bounce:0")
 TICK = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from streams.domain.mx_rules import load_mx_rules
+from streams.domain.control.mx_rules import load_mx_rules
 from streams.sim.campaign import Recipient, Truth
 from streams.sim.mta import MAX_BACKOFF_S, MAX_VALIDITY_S, LimitBook, Mta
 from streams.sim.providers import SENDING_IPS, ProviderNetwork

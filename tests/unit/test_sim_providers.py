@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.domain.bounce_rules import default_qualifier
+from streams.domain.bounce.qualifier import default_qualifier
 from streams.sim.campaign import Truth
 from streams.sim.providers import (
     PROFILES,

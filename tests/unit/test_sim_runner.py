@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from streams.avro import Codec
+from streams.runtime.codec import Codec
+from streams.runtime.validate import validate_event
 from streams.sim.control import InProcessControlPlane
 from streams.sim.mta import Event
 from streams.sim.runner import SimConfig, default_start_ms, simulate
-from streams.validate import validate_event
 
 T0 = 1_767_225_600_000
 

@@ -4,9 +4,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.mx_rules import load_mx_rules
-from streams.domain.reputation import ReputationBook, Signal
-from streams.domain.throttle_controller import KeyState, ThrottleController
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.domain.control.reputation import ReputationBook, Signal
+from streams.domain.control.throttle_controller import KeyState, ThrottleController
 from streams.domain.types import Qualification
 
 RULES = load_mx_rules()

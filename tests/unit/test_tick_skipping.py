@@ -18,12 +18,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.domain.automation import LIMIT_FIELDS
-from streams.domain.mx_rules import load_mx_rules
-from streams.domain.reputation import ReputationBook, Signal
-from streams.domain.sequencer import Sequencer
-from streams.domain.throttle_controller import DAY_MS, ThrottleController
-from streams.pipeline import CONTROL_TICK_MS, ControlProcessor, signal_to_dict
+from streams.domain.control.automation import LIMIT_FIELDS
+from streams.domain.control.mx_rules import load_mx_rules
+from streams.domain.control.reputation import ReputationBook, Signal
+from streams.domain.control.sequencer import Sequencer
+from streams.domain.control.throttle_controller import DAY_MS, ThrottleController
+from streams.pipeline.steps import CONTROL_TICK_MS, ControlProcessor, signal_to_dict
 
 T0 = 1_767_225_600_000  # 2026-01-01
 MIN_MS = 60_000

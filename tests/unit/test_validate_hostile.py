@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.avro import Codec, DecodeError
-from streams.validate import validate_event
+from streams.runtime.codec import Codec, DecodeError
+from streams.runtime.validate import validate_event
 
 T0 = 1_767_225_600_000
 

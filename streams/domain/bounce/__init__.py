@@ -1,0 +1,1 @@
+"""Bounce qualification: SMTP replies and DSN/ARF reports → class, type, reason, rule."""

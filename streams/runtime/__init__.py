@@ -1,0 +1,2 @@
+"""Kafka and Faust: the worker application, its checkpoint, codec, producers and the
+settings every process reads."""

@@ -1,0 +1,1 @@
+"""Serving the current state: Redis views and the output-topic consumer that fills them."""

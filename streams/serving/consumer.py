@@ -1,0 +1,96 @@
+"""A small consumer for downstream readers of the output topics (status, address, KPI,
+throttle, dead letters): confluent-kafka, decoded records, bounded waits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError
+
+from streams.pipeline.topics import TOPICS
+from streams.runtime.codec import Codec
+from streams.runtime.config import Settings
+
+_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: dict[str, Any]
+
+
+class OutputConsumer:
+    """Iterate the decoded records of one output topic.
+
+    ``group`` None means a throw-away group reading from the beginning, which is what a
+    tool or a test wants; a service passes its own group to resume where it stopped.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        group: str | None = None,
+        codec: Codec | None = None,
+        from_beginning: bool = True,
+    ) -> None:
+        schema = _SCHEMAS.get(name)
+        if schema is None:
+            raise ValueError(f"{name!r} is not an Avro output topic")
+        self.name = name
+        self.schema = schema
+        self.codec = codec or Codec.from_settings(settings.schema_registry_url)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": group or f"reader-{uuid.uuid4().hex[:12]}",
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "enable.auto.commit": group is not None,
+                "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+                **settings.kafka_client_config(),
+            }
+        )
+        self._consumer.subscribe([settings.topic(name)])
+
+    def records(self, idle_timeout: float = 5.0, max_wait: float = 60.0) -> Iterator[Record]:
+        """Yield records until none arrived for ``idle_timeout`` s or ``max_wait`` s passed."""
+        deadline = time.monotonic() + max_wait
+        idle_since = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = self._consumer.consume(500, timeout=0.2)
+            if not msgs:
+                if time.monotonic() - idle_since > idle_timeout:
+                    return
+                continue
+            idle_since = time.monotonic()
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"consumer error on {self.name}: {err}")
+                yield Record(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key(),
+                    self.codec.decode(self.schema, msg.value()),
+                )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> OutputConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

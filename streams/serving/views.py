@@ -1,0 +1,250 @@
+"""Redis serving views of the pipeline's output topics, for fast lookups.
+
+A view updater reads the output topics (its own consumer group) and writes Redis with a
+versioned compare-and-set done atomically in Lua, so an older update never overwrites a
+newer one and replays are harmless. The stream workers never wait for Redis: when Redis
+is down, only this updater waits, without committing, and catches up when Redis returns;
+if Redis comes back empty it rewinds to the beginning of the topics and rebuilds.
+
+Key layout (``P`` is the topic prefix; identifiers are percent-encoded so that no input
+can reach into another key's namespace: ``:`` and anything outside ``[A-Za-z0-9@._+-]``
+become ``%XX``):
+
+| key | type | content |
+| --- | --- | --- |
+| ``P:msg:<message_id>`` | hash | the status_change record: status, failure fields, version |
+| ``P:addr:<address>`` | hash | state, error_count, reason, last_error_time, version, event_time |
+| ``P:quarantined`` / ``P:denylisted`` | set | addresses in that state (check before sending) |
+| ``P:kpi:<delivery_id>`` | hash | the EFS counters and success_pct, version |
+| ``P:throttle:<key>`` | hash | the setting; each change is published on ``P:throttle`` |
+| ``P:reputation:<key>`` | hash | the latest reputation window |
+| ``P:views:generation`` | string | marker: when missing, Redis was emptied: rebuild |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from streams.runtime.codec import Codec, DecodeError
+from streams.runtime.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Compare versions, replace the hash, maintain membership sets, optionally publish.
+# An equal version is applied: after a crash a worker may publish the same version again
+# with other content (its redelivered inputs interleaved differently), and the later record
+# is the one that stands, as on the compacted topic.
+# KEYS[1] hash; KEYS[2..] sets.  ARGV[1] version, ARGV[2] set member, ARGV[3] one char per
+# set key ('+' add, '-' remove), ARGV[4] channel or '', ARGV[5..] field/value pairs.
+_UPSERT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+local version = tonumber(ARGV[1])
+if current > version then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+for i = 2, #KEYS do
+  if string.sub(ARGV[3], i - 1, i - 1) == '+' then
+    redis.call('SADD', KEYS[i], ARGV[2])
+  else
+    redis.call('SREM', KEYS[i], ARGV[2])
+  end
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], cjson.encode(ARGV)) end
+return 1
+"""
+
+VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
+    # topic logical name → (Redis key kind, key field, field that orders versions)
+    "status": ("msg", "message_id", "version"),
+    "address": ("addr", "address", "version"),
+    "kpi": ("kpi", "delivery_id", "version"),
+    "throttle": ("throttle", "key", "version"),
+    # Reputation windows have no version: a later window end supersedes an earlier one.
+    "reputation": ("reputation", "key", "event_time"),
+}
+
+
+def key_part(identifier: str) -> str:
+    """Percent-encode an identifier for use inside a Redis key."""
+    return quote(identifier, safe="@._+-")
+
+
+class ViewStore:
+    """Reads and writes the views; the only place that knows the key layout."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._upsert = client.register_script(_UPSERT)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ViewStore:
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, decode_responses=True
+        )
+        return cls(client, settings.topic_prefix)
+
+    def key(self, kind: str, identifier: str) -> str:
+        return f"{self.prefix}:{kind}:{key_part(identifier)}"
+
+    @property
+    def generation_key(self) -> str:
+        return f"{self.prefix}:views:generation"
+
+    def write(self, topic: str, records: Iterable[dict[str, Any]]) -> int:
+        """Apply records of one topic; returns how many were newer than what Redis had."""
+        kind, id_field, version_field = VIEW_TOPICS[topic]
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for record in records:
+            keys = [self.key(kind, record[id_field])]
+            membership = ""
+            channel = ""
+            if topic == "address":
+                keys += [f"{self.prefix}:quarantined", f"{self.prefix}:denylisted"]
+                membership = ("+" if record["state"] == "quarantined" else "-") + (
+                    "+" if record["state"] == "denylisted" else "-"
+                )
+            elif topic == "throttle":
+                channel = f"{self.prefix}:throttle"
+            flat: list[Any] = []
+            for name, value in record.items():
+                if value is not None and name != "event_id":
+                    flat += [name, value if isinstance(value, str) else json.dumps(value)]
+            self._upsert(
+                keys=keys,
+                args=[record[version_field], record[id_field], membership, channel, *flat],
+                client=pipe,
+            )
+            count += 1
+        if count:
+            pipe.execute()
+        return count
+
+    def read(self, kind: str, identifier: str) -> dict[str, Any] | None:
+        raw = self.client.hgetall(self.key(kind, identifier))
+        return {k: _parse(v) for k, v in raw.items()} if raw else None
+
+    def scan(self, kind: str) -> list[dict[str, Any]]:
+        out = []
+        for key in self.client.scan_iter(match=f"{self.prefix}:{kind}:*", count=500):
+            raw = self.client.hgetall(key)
+            if raw:
+                out.append({k: _parse(v) for k, v in raw.items()})
+        return out
+
+    def is_listed(self, address: str) -> str | None:
+        """'quarantined' or 'denylisted' if the address must not be sent to, else None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sismember(f"{self.prefix}:quarantined", address)
+        pipe.sismember(f"{self.prefix}:denylisted", address)
+        quarantined, denylisted = pipe.execute()
+        return "denylisted" if denylisted else "quarantined" if quarantined else None
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+class ViewUpdater:
+    """Consumes the output topics into Redis; run it in a thread or on its own."""
+
+    def __init__(self, settings: Settings, store: ViewStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or ViewStore.from_settings(settings)
+        self.codec = Codec.from_settings(settings.schema_registry_url)
+        self._topics = {settings.topic(name): name for name in VIEW_TOPICS}
+        self._stop = threading.Event()
+        self._generation = uuid.uuid4().hex
+        self._marked = False
+        self.applied = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap_servers,
+                "group.id": f"{self.settings.app_id}-views",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(self.settings.heartbeat_interval_s * 1000),
+                **self.settings.kafka_client_config(),
+            }
+        )
+        consumer.subscribe(list(self._topics))
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(1000, timeout=0.5)
+                if not msgs:
+                    continue
+                while not self._stop.is_set():
+                    try:
+                        if self._redis_was_emptied():
+                            self._rewind(consumer)
+                            break
+                        self._apply(msgs)
+                        consumer.commit(asynchronous=False)
+                        backoff = 0.5
+                        break
+                    except redis.RedisError as exc:
+                        log.warning("Redis unavailable (%s); views wait and retry", exc)
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                    except Exception:
+                        # A bug, not an outage: say so loudly, keep the batch, try again.
+                        log.exception("view update failed; retrying the same batch")
+                        time.sleep(5.0)
+        finally:
+            consumer.close()
+
+    def _redis_was_emptied(self) -> bool:
+        """True once per emptying: the marker we set is gone (first call sets it)."""
+        if not self._marked:
+            self.store.client.set(self.store.generation_key, self._generation)
+            self._marked = True
+            return False
+        if self.store.client.exists(self.store.generation_key):
+            return False
+        log.warning("Redis views were emptied (restart); rebuilding from the topics")
+        self.store.client.set(self.store.generation_key, self._generation)
+        return True
+
+    def _rewind(self, consumer: Consumer) -> None:
+        for tp in consumer.assignment():
+            consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+
+    def _apply(self, msgs: list[Any]) -> None:
+        by_topic: dict[str, list[dict[str, Any]]] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("view consumer: %s", err)
+                continue
+            name = self._topics[msg.topic()]
+            try:
+                by_topic.setdefault(name, []).append(
+                    self.codec.decode(name, msg.value())  # view topics share their schema's name
+                )
+            except DecodeError as exc:
+                # Output topics are written by the workers only; a bad record is a bug.
+                log.error("view consumer: skipping undecodable %s record: %s", name, exc)
+        for name, records in by_topic.items():
+            self.applied += self.store.write(name, records)

@@ -1,0 +1,2 @@
+"""Command-line tools: ``mta-feedback`` and its subcommands (replay, qualify, bench, stack,
+demo)."""

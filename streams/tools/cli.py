@@ -1,0 +1,290 @@
+"""``mta-feedback``: one command for operators, with a subcommand per task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from streams.runtime.config import ConfigError, Settings
+
+log = logging.getLogger("mta_feedback")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        print(f"mta-feedback: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_config(_args: argparse.Namespace) -> int:
+    rows = _settings().describe()
+    width = max(len(env) for env, _, _ in rows)
+    for env, value, doc in rows:
+        print(f"{env:{width}} {value:28} {doc}")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streams.tools.stack import Stack, StackError
+
+    stack = Stack(_settings())
+    try:
+        if args.action == "up":
+            states = stack.up()
+        elif args.action == "down":
+            stopped = stack.down()
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing (we started nothing)"))
+            return 0
+        else:
+            states = stack.status()
+    except StackError as exc:
+        print(f"mta-feedback stack {args.action}: {exc}", file=sys.stderr)
+        return 1
+    for state in states:
+        print(state.describe())
+    return 0 if all(s.answering for s in states) else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.runtime.app import build_app
+
+    settings = _settings()
+    parts = build_app(settings)
+    if settings.redis_views and not args.no_views:
+        from streams.serving.views import ViewUpdater
+
+        updater = ViewUpdater(settings)
+        threading.Thread(target=updater.run, name="redis-views", daemon=True).start()
+    worker = faust.Worker(parts.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_views(_args: argparse.Namespace) -> int:
+    from streams.serving.views import ViewUpdater
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    updater = ViewUpdater(_settings())
+    try:
+        updater.run()
+    except KeyboardInterrupt:
+        updater.stop()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.domain.bounce.qualifier import RulesError
+    from streams.domain.control.mx_rules import MxRulesError
+    from streams.tools import replay
+
+    try:
+        return replay.run(args.file, settings=_settings())
+    except (RulesError, MxRulesError) as exc:
+        print(f"mta-feedback replay: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_qualify(args: argparse.Namespace) -> int:
+    from streams.tools import qualify
+
+    return qualify.run(args)
+
+
+def _print_record(title: str, record: dict[str, Any] | None, as_json: bool) -> int:
+    if record is None:
+        print(f"{title}: not found", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(record, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in record.items():
+        table.add_row(key, "" if value is None else str(value))
+    Console().print(table)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from streams.serving.views import ViewStore
+
+    store = ViewStore.from_settings(_settings())
+    if args.message:
+        return _print_record(f"message {args.message}", store.read("msg", args.message), args.json)
+    if args.address:
+        address = args.address.lower()
+        record = store.read("addr", address)
+        if record is not None:
+            record["listed"] = store.is_listed(address)
+        return _print_record("address", record, args.json)
+    return _print_record(f"delivery {args.delivery}", store.read("kpi", args.delivery), args.json)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.tools import bench
+
+    return bench.main(args.events, args.seed, args.latency_load)
+
+
+def cmd_throttle(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.serving.views import ViewStore
+
+    store = ViewStore.from_settings(_settings())
+    if args.key:
+        return _print_record(f"throttle {args.key}", store.read("throttle", args.key), args.json)
+    rows = sorted(store.scan("throttle"), key=lambda r: str(r.get("key")))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    table = Table(title="Throttle settings (control topic mirror)")
+    columns = (
+        "key",
+        "mode",
+        "max_rate_per_hour",
+        "max_connections",
+        "max_messages_per_connection",
+        "suspended_until",
+        "version",
+        "reason",
+    )
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
+    if not rows:
+        print("no throttle settings have left their baseline yet", file=sys.stderr)
+    return 0
+
+
+def cmd_reputation(args: argparse.Namespace) -> int:
+    from streams.serving.views import ViewStore
+
+    store = ViewStore.from_settings(_settings())
+    return _print_record(f"reputation {args.key}", store.read("reputation", args.key), args.json)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streams.serving.consumer import OutputConsumer
+
+    shown = 0
+    with OutputConsumer(_settings(), "dlq") as consumer:
+        for record in consumer.records(idle_timeout=args.wait, max_wait=args.wait * 10):
+            value = dict(record.value)
+            value["value"] = f"<{len(value['value'] or b'')} bytes>"
+            value["key"] = None if value["key"] is None else f"<{len(value['key'])} bytes>"
+            print(json.dumps(value, sort_keys=True))
+            shown += 1
+            if shown >= args.limit:
+                break
+    print(f"{shown} dead letters", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.tools import demo
+
+    return demo.run(recipients=args.recipients, seed=args.seed)
+
+
+def cmd_produce_sample(args: argparse.Namespace) -> int:
+    from streams.runtime.producer import EventProducer, ProducerError
+    from streams.testing.sample import SampleCampaign
+
+    campaign = SampleCampaign(recipients=args.recipients, seed=args.seed, delivery_id=args.delivery)
+    events = campaign.events()
+    try:
+        with EventProducer(_settings()) as producer:
+            for family, event in events:
+                producer.send(family, event)
+    except ProducerError as exc:
+        print(f"mta-feedback produce-sample: {exc}", file=sys.stderr)
+        return 1
+    print(f"produced {len(events)} events for {args.recipients} recipients ({args.delivery})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mta-feedback",
+        description="Feedback and control plane of an Enhanced-MTA style sending platform.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    add("config", cmd_config, "print the effective settings and their variables")
+    p = add("stack", cmd_stack, "start, stop or inspect the embedded broker and Redis")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p = add("worker", cmd_worker, "run a stream worker (Faust) and the Redis view updater")
+    p.add_argument("--no-views", action="store_true", help="do not write the Redis views")
+    add("views", cmd_views, "run only the Redis view updater")
+    p = add("replay", cmd_replay, "run the pipeline over a JSON-lines file, no broker")
+    p.add_argument("file", help="input events, one JSON object per line")
+    p = add("qualify", cmd_qualify, "qualify SMTP replies or DSN/ARF messages")
+    from streams.tools import qualify
+
+    qualify.add_arguments(p)
+    p = add("status", cmd_status, "show a message, address or delivery from the Redis views")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--message", metavar="ID")
+    which.add_argument("--address", metavar="A")
+    which.add_argument("--delivery", metavar="D")
+    p.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    p = add("demo", cmd_demo, "run a sample campaign through the embedded stack, print a summary")
+    p.add_argument("--recipients", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=7)
+    from streams.sim import cli as sim_cli
+
+    p = add("simulate", sim_cli.run, "closed-loop simulation: adaptive against static limits")
+    sim_cli.add_arguments(p)
+    p = add("produce-sample", cmd_produce_sample, "produce a generated sample campaign")
+    p.add_argument("--recipients", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--delivery", default="D1", help="delivery id of the campaign")
+    p = add("bench", cmd_bench, "throughput and latency of one worker beside a raw baseline")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--latency-load",
+        type=float,
+        default=0.5,
+        help="latency is measured at this share of the measured maximum rate (default 0.5)",
+    )
+    p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
+    p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")
+    p.add_argument("--json", action="store_true", help="JSON lines, for machines")
+    p = add("reputation", cmd_reputation, "show a key's rolling reputation window")
+    p.add_argument("key", help="e.g. group:google, domain:gmail.com, ip_group:192.0.2.1|google")
+    p.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    p = add("dlq", cmd_dlq, "print dead letters (reason and source) from the dead-letter topic")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--wait", type=float, default=3.0, help="seconds without news to stop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
