@@ -19,7 +19,8 @@ from typing import Any
 from streams.domain.control.mx_rules import load_mx_rules
 from streams.domain.control.reputation import Signal
 from streams.domain.control.sequencer import Due
-from streams.pipeline.steps import ControlProcessor, signal_to_dict
+from streams.pipeline.control import ControlProcessor
+from streams.pipeline.records import signal_to_dict
 
 T0 = 1_767_225_600_000  # 2026-01-01
 DAY_MS = 86_400_000

@@ -1,41 +1,58 @@
-"""The topics of the pipeline, declared once: logical name, schema and cleanup policy."""
+"""The topics of the pipeline, declared once: name, Avro schema, cleanup policy.
+
+A topic's full name is ``<MTA_TOPIC_PREFIX>.<name>``; code names a topic by its ``Topic``
+member (a ``str``, so it also serves as the logical name on records and in Redis keys).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-from streams.runtime.config import Settings
+
+class Topic(StrEnum):
+    SEND = "send"
+    BOUNCE = "bounce"
+    RETRY = "retry"
+    STATUS = "status"
+    ADDRESS = "address"
+    KPI = "kpi"
+    REPUTATION = "reputation"
+    THROTTLE = "throttle"
+    DLQ = "dlq"
+    KPI_PART = "kpi-part"
+    SIGNAL = "signal"
+    CLOCK = "clock"
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    name: str  # logical name; the full name is ``<prefix>.<name>``
-    schema: str | None  # key into streams.runtime.codec.SCHEMA_FILES; None for internal JSON topics
+    name: Topic
+    schema: str | None  # the .avsc file stem in schemas/; None for internal JSON topics
     compacted: bool
     doc: str
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("send", "send", False, "Input: relayed / delivered, keyed by recipient"),
-    TopicSpec("bounce", "bounce", False, "Input: sync / async bounces, complaints"),
-    TopicSpec("retry", "retry", False, "Input: deferred / expired"),
-    TopicSpec("status", "status", True, "Output: message status changes, keyed by message id"),
-    TopicSpec("address", "address", True, "Output: address health, keyed by address"),
-    TopicSpec("kpi", "kpi", False, "Output: delivery KPIs, keyed by delivery id"),
-    TopicSpec("reputation", "reputation", False, "Output: rolling reputation windows"),
-    TopicSpec("throttle", "throttle", True, "Control: throttle settings, keyed by group/domain"),
-    TopicSpec("dlq", "dlq", False, "Dead letters: rejected input with the reason"),
-    TopicSpec("kpi-part", None, False, "Internal: per-partition KPI partials, by delivery id"),
-    TopicSpec("signal", None, False, "Internal: reputation signals and clock ticks, by group"),
-    TopicSpec("clock", None, False, "Internal: event-time clock ticks, to every partition"),
+    TopicSpec(Topic.SEND, "send_event", False, "Input: relayed / delivered, keyed by recipient"),
+    TopicSpec(Topic.BOUNCE, "bounce_event", False, "Input: sync / async bounces, complaints"),
+    TopicSpec(Topic.RETRY, "retry_event", False, "Input: deferred / expired"),
+    TopicSpec(Topic.STATUS, "status_change", True, "Output: message status, by message id"),
+    TopicSpec(Topic.ADDRESS, "address_health", True, "Output: address health, by address"),
+    TopicSpec(Topic.KPI, "delivery_kpi", False, "Output: delivery KPIs, by delivery id"),
+    TopicSpec(Topic.REPUTATION, "domain_reputation", False, "Output: rolling reputation windows"),
+    TopicSpec(Topic.THROTTLE, "throttle_setting", True, "Control: throttle settings, by key"),
+    TopicSpec(Topic.DLQ, "dead_letter", False, "Dead letters: rejected input with the reason"),
+    TopicSpec(Topic.KPI_PART, None, False, "Internal: per-partition KPI partials, by delivery"),
+    TopicSpec(Topic.SIGNAL, None, False, "Internal: reputation signals and input progress"),
+    TopicSpec(Topic.CLOCK, None, False, "Internal: event-time clock ticks, to every partition"),
 )
 
-INPUT_TOPICS: tuple[str, ...] = ("send", "bounce", "retry")
+# Input event families, in the order the control step breaks ties at equal event times.
+INPUT_TOPICS: tuple[Topic, ...] = (Topic.SEND, Topic.BOUNCE, Topic.RETRY)
 
-
-def topic_names(settings: Settings) -> dict[str, str]:
-    """Logical name → full topic name."""
-    return {spec.name: settings.topic(spec.name) for spec in TOPICS}
+# Logical name → .avsc file stem, for the topics whose records are Avro.
+SCHEMA_FILES: dict[str, str] = {spec.name: spec.schema for spec in TOPICS if spec.schema}
 
 
 def input_streams(partitions: int) -> list[str]:

@@ -25,21 +25,10 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streams.pipeline.topics import SCHEMA_FILES
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
-
-# Logical name → .avsc file stem.
-SCHEMA_FILES: dict[str, str] = {
-    "send": "send_event",
-    "bounce": "bounce_event",
-    "retry": "retry_event",
-    "status": "status_change",
-    "address": "address_health",
-    "kpi": "delivery_kpi",
-    "reputation": "domain_reputation",
-    "throttle": "throttle_setting",
-    "dlq": "dead_letter",
-}
 
 
 class DecodeError(ValueError):

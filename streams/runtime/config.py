@@ -14,7 +14,7 @@ from typing import Any
 
 from streams.domain.recipient.address_health import QuarantinePolicy
 from streams.domain.recipient.message_status import ValidityPolicy
-from streams.pipeline.steps import PipelineConfig
+from streams.pipeline.feedback import PipelineConfig
 
 _DAY_S = 86_400
 

@@ -11,11 +11,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError
 
-from streams.pipeline.topics import TOPICS
+from streams.pipeline.topics import SCHEMA_FILES
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
-
-_SCHEMAS = {spec.name: spec.schema for spec in TOPICS}
 
 
 @dataclass(frozen=True)
@@ -42,11 +40,10 @@ class OutputConsumer:
         codec: Codec | None = None,
         from_beginning: bool = True,
     ) -> None:
-        schema = _SCHEMAS.get(name)
-        if schema is None:
+        if name not in SCHEMA_FILES:
             raise ValueError(f"{name!r} is not an Avro output topic")
         self.name = name
-        self.schema = schema
+
         self.codec = codec or Codec.from_settings(settings.schema_registry_url)
         self._consumer = Consumer(
             {
@@ -83,7 +80,7 @@ class OutputConsumer:
                     msg.partition(),
                     msg.offset(),
                     msg.key(),
-                    self.codec.decode(self.schema, msg.value()),
+                    self.codec.decode(self.name, msg.value()),
                 )
 
     def close(self) -> None:

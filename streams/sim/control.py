@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from streams.pipeline.steps import Output
+from streams.pipeline.records import Output
 from streams.sim.mta import Event
 from streams.tools.replay import Replayer
 

@@ -141,6 +141,7 @@ def cmd_throttle(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from streams.pipeline.records import THROTTLE_FIELDS
     from streams.serving.views import ViewStore
 
     store = ViewStore.from_settings(_settings())
@@ -152,16 +153,7 @@ def cmd_throttle(args: argparse.Namespace) -> int:
             print(json.dumps(row, sort_keys=True))
         return 0
     table = Table(title="Throttle settings (control topic mirror)")
-    columns = (
-        "key",
-        "mode",
-        "max_rate_per_hour",
-        "max_connections",
-        "max_messages_per_connection",
-        "suspended_until",
-        "version",
-        "reason",
-    )
+    columns = THROTTLE_FIELDS
     for column in columns:
         table.add_column(column.replace("_", " "))
     for row in rows:

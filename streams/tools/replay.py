@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -28,31 +28,26 @@ from streams.domain.recipient.address_health import AddressState
 from streams.domain.recipient.address_health import view as address_view
 from streams.domain.recipient.message_status import MessageState
 from streams.domain.recipient.message_status import view as message_view
-from streams.pipeline.steps import (
-    ControlProcessor,
-    FeedbackProcessor,
-    KpiAggregator,
-    Output,
-    PipelineConfig,
-    signal_output,
-    throttle_record,
-)
+from streams.pipeline.control import ControlProcessor
+from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
+from streams.pipeline.kpi import KpiAggregator
+from streams.pipeline.records import THROTTLE_FIELDS, Output, signal_output, throttle_record
 from streams.pipeline.topics import INPUT_TOPICS, input_streams
+from streams.pipeline.topology import (
+    CONTROL,
+    INGEST,
+    KPI,
+    StepSpec,
+    TopologyError,
+    check_handlers,
+    check_output,
+    reader_of,
+)
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.config import Settings
 from streams.runtime.validate import validate_event
 
 _TIME_FIELDS = ("event_time", "next_attempt_time")
-THROTTLE_FIELDS = (
-    "key",
-    "mode",
-    "max_rate_per_hour",
-    "max_connections",
-    "max_messages_per_connection",
-    "suspended_until",
-    "reason",
-    "version",
-)
 
 
 class ReplayError(ValueError):
@@ -116,6 +111,13 @@ class Replayer:
         self.errors: list[str] = []
         self._offset = 0
         self._stream_offsets: dict[str, int] = {}
+        # The steps that read internal topics, by name (ingest is ``apply``/``advance``).
+        self._steps: dict[str, Callable[[Output], list[Output]]] = {
+            INGEST.name: self._not_internal,
+            KPI.name: self._kpi,
+            CONTROL.name: self._hold_signal,
+        }
+        check_handlers(self._steps, "replay")
 
     def normalise(self, obj: Any) -> tuple[str, dict[str, Any]]:
         """A JSON input object → (family, event) in the shape the workers decode."""
@@ -164,18 +166,32 @@ class Replayer:
             if released.failed:
                 raise released.failed[0][1]
             outputs += released.outputs
-        return self._route(outputs)
+        return self._route(outputs, CONTROL)
 
-    def _route(self, outputs: list[Output]) -> list[Output]:
+    def _route(self, outputs: list[Output], step: StepSpec = INGEST) -> list[Output]:
+        """Hand each output of ``step`` to the step that reads its topic (the topology's),
+        and return those that leave the pipeline."""
         routed = []
         for out in outputs:
-            if out.topic == "kpi-part":
-                routed += self.kpi.process(out.value, self.feedback.clock, self._offset)
-            elif out.topic == "signal":
-                self.control.add(out.value, partition_of(out.key, self.partitions))
-            else:
+            check_output(step, out.topic)
+            reader = reader_of(out.topic)
+            if reader is None:
                 routed.append(out)
+            else:
+                routed += self._route(self._steps[reader.name](out), reader)
         return routed
+
+    def _kpi(self, out: Output) -> list[Output]:
+        return self.kpi.process(out.value, self.feedback.clock, self._offset)
+
+    def _hold_signal(self, out: Output) -> list[Output]:
+        # Released with the others once the input so far is complete (``settle``).
+        self.control.add(out.value, partition_of(out.key, self.partitions))
+        return []
+
+    @staticmethod
+    def _not_internal(out: Output) -> list[Output]:
+        raise TopologyError(f"ingest reads input events only, not {out.topic!r} records")
 
     def run_lines(self, lines: Iterable[str]) -> None:
         for number, line in enumerate(lines, 1):

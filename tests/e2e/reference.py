@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.pipeline import records
 from streams.runtime.config import Settings
 from streams.testing.sample import Event
-from streams.tools import replay
 from streams.tools.replay import Replayer
 
 from .helpers import collect
@@ -14,7 +14,7 @@ from .helpers import collect
 MESSAGE_FIELDS = ("status", "failure_type", "failure_reason", "attempts")
 ADDRESS_FIELDS = ("state", "error_count")
 KPI_FIELDS = ("to_deliver", "sent", "failed", "pending", "success_pct")
-THROTTLE_FIELDS = tuple(f for f in replay.THROTTLE_FIELDS if f != "key")
+THROTTLE_FIELDS = tuple(f for f in records.THROTTLE_FIELDS if f != "key")
 
 
 def reference(

@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import Producer
 from faust.types import TP
 
-from streams.runtime.app import TailProbe
+from streams.runtime.progress import TailProbe
 
 pytestmark = pytest.mark.e2e
 

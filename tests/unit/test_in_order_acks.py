@@ -1,4 +1,4 @@
-"""Control records are acknowledged to Faust in offset order (streams.runtime.app.InOrderAcks)."""
+"""Control records are acknowledged to Faust in offset order (streams.runtime.acks.InOrderAcks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.runtime.app import InOrderAcks
+from streams.runtime.acks import InOrderAcks
 
 TP0, TP1 = TP("signal", 0), TP("signal", 1)
 

@@ -1,4 +1,4 @@
-"""What a worker claims about the input streams it reads (streams.runtime.app.InputProgress)."""
+"""What a worker claims about the input streams it reads (runtime.progress.InputProgress)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from faust.types import TP
 
-from streams.runtime.app import InputProgress
+from streams.runtime.progress import InputProgress
 
 SEND0, RETRY0 = TP("p.send", 0), TP("p.retry", 0)
 

@@ -4,13 +4,10 @@ import pytest
 
 from streams.domain.bounce.qualifier import default_qualifier
 from streams.domain.control.mx_rules import load_mx_rules
-from streams.pipeline.steps import (
-    ControlProcessor,
-    FeedbackProcessor,
-    KpiAggregator,
-    PipelineConfig,
-    signal_output,
-)
+from streams.pipeline.control import ControlProcessor
+from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
+from streams.pipeline.kpi import KpiAggregator
+from streams.pipeline.records import signal_output
 
 T0 = 1_767_225_600_000
 H = 3_600_000

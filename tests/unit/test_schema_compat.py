@@ -11,7 +11,8 @@ import fastavro
 import pytest
 from fastavro.utils import generate_many
 
-from streams.runtime.codec import SCHEMA_FILES, schema_dir
+from streams.pipeline.topics import SCHEMA_FILES
+from streams.runtime.codec import schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

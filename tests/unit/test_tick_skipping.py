@@ -23,7 +23,8 @@ from streams.domain.control.mx_rules import load_mx_rules
 from streams.domain.control.reputation import ReputationBook, Signal
 from streams.domain.control.sequencer import Sequencer
 from streams.domain.control.throttle_controller import DAY_MS, ThrottleController
-from streams.pipeline.steps import CONTROL_TICK_MS, ControlProcessor, signal_to_dict
+from streams.pipeline.control import CONTROL_TICK_MS, ControlProcessor
+from streams.pipeline.records import signal_to_dict
 
 T0 = 1_767_225_600_000  # 2026-01-01
 MIN_MS = 60_000

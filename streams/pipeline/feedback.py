@@ -1,0 +1,461 @@
+"""The feedback step: message status, address health and KPI partials per input partition.
+
+The Faust agents (streams/runtime/app.py) call these with Faust tables as state; ``replay`` calls
+them with dicts. Both therefore compute the same results from the same events.
+
+Data flows one way:
+
+    input event ─► FeedbackProcessor ─► status, address (outputs)
+                          │          └─► kpi-part (per tick) ─► KpiAggregator ─► kpi (output)
+                          └─► signal ─► ControlProcessor ─► reputation, throttle (outputs)
+                                        (event-time sequencer,
+                                         reputation windows, controller)
+
+Delivery is at least once. Each step stores, per key, the source offset of the input that
+last changed it; when an input at or below that offset comes again (a redelivery after a
+crash, whose state change had reached the changelog while its output may not have reached
+its topic), the step publishes the current record again with the same version. Consumers
+keep the highest version, so a repeat is harmless and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.domain.bounce.qualifier import Qualifier
+from streams.domain.recipient import address_health, message_status
+from streams.domain.recipient.address_health import AddressState, QuarantinePolicy
+from streams.domain.recipient.delivery_kpi import KpiCounts, KpiDelta, kpi_delta
+from streams.domain.recipient.message_status import MessageState, MessageView, ValidityPolicy
+from streams.domain.types import Qualification
+from streams.pipeline.records import (
+    Output,
+    Store,
+    address_record,
+    kpi_part_record,
+    status_record,
+)
+
+_DAY_MS = 86_400_000
+_ZERO = KpiCounts()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    validity: ValidityPolicy = field(default_factory=ValidityPolicy)
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    # How long a message stays in the table after it became final (a late async bounce
+    # within this time still turns "sent" into "failed").
+    message_retention_ms: int = 7 * _DAY_MS
+    # How long a valid address with no activity is kept.
+    address_retention_ms: int = 30 * _DAY_MS
+
+
+def qualify_event(qualifier: Qualifier, family: str, event: dict[str, Any]) -> Qualification | None:
+    """Qualify a bounce or retry once; the result travels with everything derived from it."""
+    if family == "send" or event["kind"] == "complaint":
+        return None
+    if (
+        family == "retry"
+        and event["kind"] == "expired"
+        and not (event.get("smtp_code") or event.get("enhanced_status") or event.get("diagnostic"))
+    ):
+        return None
+    domain = event["recipient"].rpartition("@")[2].lower()
+    return qualifier.qualify(
+        event.get("smtp_code"),
+        event.get("enhanced_status"),
+        event.get("diagnostic"),
+        provider=event.get("mx_host") or domain,
+    )
+
+
+class _DueIndex:
+    """Per-partition min-heaps of (due time, key) with lazy deletion: the record itself
+    holds the authoritative ``due``; stale heap entries are skipped when popped."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._heaps: dict[int, list[tuple[int, str]]] | None = None
+
+    def push(self, partition: int, due: int | None, key: str) -> None:
+        if self._heaps is not None and due is not None:
+            heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+
+    def pop_due(self, partition: int, now: int) -> list[str]:
+        if self._heaps is None:
+            # First sweep since start or rebalance: one pass over the table for every partition.
+            self._heaps = {}
+            for key, rec in self._store.items():
+                if rec.get("due") is not None:
+                    self._heaps.setdefault(rec["p"], []).append((rec["due"], key))
+            for heap in self._heaps.values():
+                heapq.heapify(heap)
+        heap = self._heaps.setdefault(partition, [])
+        keys: dict[str, None] = {}
+        # Strictly before: at exactly the due time nothing has changed yet.
+        while heap and heap[0][0] < now:
+            due, key = heapq.heappop(heap)
+            rec = self._store.get(key)
+            # A record rewritten with the same due time has two equal entries: one key once.
+            if rec is not None and rec.get("due") == due:
+                keys[key] = None
+        return list(keys)
+
+    def reset(self) -> None:
+        self._heaps = None
+
+
+def _src_with(rec: dict[str, Any] | None, family: str, offset: int) -> dict[str, int]:
+    src = dict(rec["src"]) if rec else {}
+    src[family] = offset
+    return src
+
+
+def _write(
+    store: Store,
+    index: _DueIndex,
+    key: str,
+    rec: dict[str, Any] | None,
+    state: dict[str, Any],
+    shown: dict[str, Any],
+    changed: bool,
+    due: int | None,
+    partition: int,
+    offset: int,
+    family: str,
+) -> int:
+    """Store a keyed record (state, what was last published, version, source offsets,
+    partition, due time) and index its due time; returns the version."""
+    version = rec["v"] + (1 if changed else 0) if rec else 1
+    store[key] = {
+        "s": state,
+        "view": shown,
+        "v": version,
+        "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
+        "p": partition,
+        "due": due,
+    }
+    index.push(partition, due, key)
+    return version
+
+
+def _is_redelivery(rec: dict[str, Any] | None, family: str, offset: int) -> bool:
+    return rec is not None and offset <= rec["src"].get(family, -1)
+
+
+class FeedbackProcessor:
+    """Per input partition: message status, address health and KPI partials.
+
+    ``messages`` is keyed by message id, ``addresses`` by lower-cased address,
+    ``kpi_parts`` by ``<delivery id>|<partition>``; all three live in the partition of the
+    recipient's events (inputs are keyed by recipient), so no repartition is needed.
+    """
+
+    def __init__(
+        self,
+        messages: Store,
+        addresses: Store,
+        kpi_parts: Store,
+        qualifier: Qualifier,
+        config: PipelineConfig | None = None,
+        signal_fn: Callable[[str, dict[str, Any], Qualification | None], Output | None]
+        | None = None,
+        clocks: Store | None = None,
+    ) -> None:
+        self.messages = messages
+        self.addresses = addresses
+        self.kpi_parts = kpi_parts
+        self.qualifier = qualifier
+        self.config = config or PipelineConfig()
+        self.signal_fn = signal_fn
+        # Partition (str) → the clock when its last tick was applied. A restarted worker
+        # starts from the largest: the ticks and events that carried it are committed and
+        # not read again, and with no new input its own clock would stay behind for good.
+        self.clocks: Store = {} if clocks is None else clocks
+        self.clock = 0
+        self._message_due = _DueIndex(messages)
+        self._address_due = _DueIndex(addresses)
+        # Partition → KPI sums recomputed from the messages table, not yet reconciled.
+        self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
+        self._kpi_checked: set[int] = set()
+        # Partition → delivery id → (counts change, retired change) not yet in kpi_parts.
+        # Partials are written and published once per tick, not once per event: a crash
+        # loses only these, and the reconciliation after the restart redoes them.
+        self._kpi_pending: dict[int, dict[str, tuple[KpiCounts, KpiCounts]]] = {}
+
+    def reset_indexes(self) -> None:
+        """Call after a rebalance: due indexes and KPI checks are redone lazily."""
+        self._message_due.reset()
+        self._address_due.reset()
+        self._kpi_truth = None
+        self._kpi_checked.clear()
+        self._kpi_pending.clear()
+
+    def restore_clock(self) -> None:
+        """Catch the clock up with the one stored by the ticks of this or earlier workers."""
+        self.clock = max(self.clock, max(self.clocks.values(), default=0))
+
+    def _reconcile_kpis(self, partition: int, out: list[Output]) -> None:
+        """Make the partition's KPI partials agree with its messages table.
+
+        A message write and its partial's write go to two changelogs; a crash between them
+        would leave the partial off for good, since the redelivered event then changes no
+        message. So the first time a partition is seen after a start or a rebalance, its
+        partials are recomputed from the messages (the authority) plus the retired counts of
+        messages that left the table, and corrected where they differ.
+        """
+        if self._kpi_truth is None:
+            self._kpi_truth = {}
+            for rec in self.messages.values():
+                sums = self._kpi_truth.setdefault(rec["p"], {})
+                delivery_id = rec["s"]["delivery_id"]
+                view = MessageView.from_dict(rec["view"])
+                sums[delivery_id] = sums.get(delivery_id, KpiCounts()).add(kpi_delta(None, view))
+        truth = self._kpi_truth.pop(partition, {})
+        self._kpi_checked.add(partition)
+        suffix = f"|{partition}"
+        keys = {k for k in self.kpi_parts if k.endswith(suffix)}
+        keys |= {f"{d}{suffix}" for d in truth}
+        for key in keys:
+            delivery_id = key[: -len(suffix)]
+            rec = self.kpi_parts.get(key)
+            retired = KpiCounts.from_dict(rec["r"]) if rec else KpiCounts()
+            want = (truth.get(delivery_id, KpiCounts()) + retired).to_dict()
+            if rec is None or rec["c"] != want:
+                new_rec = {"c": want, "r": retired.to_dict(), "v": rec["v"] + 1 if rec else 1}
+                self.kpi_parts[key] = new_rec
+                out.append(kpi_part_record(delivery_id, partition, new_rec))
+
+    def process(
+        self, family: str, event: dict[str, Any], partition: int, offset: int
+    ) -> list[Output]:
+        self.clock = max(self.clock, event["event_time"])
+        q = qualify_event(self.qualifier, family, event)
+        out: list[Output] = []
+        if partition not in self._kpi_checked:
+            self._reconcile_kpis(partition, out)
+        self._message(family, event, q, partition, offset, out)
+        self._address(family, event, q, partition, offset, out)
+        if self.signal_fn is not None:
+            signal = self.signal_fn(family, event, q)
+            if signal is not None:
+                signal.value["src"] = [f"{family}:{partition}", offset]
+                out.append(signal)
+        return out
+
+    def tick(self, now_ms: int, partition: int, offset: int, family: str = "clock") -> list[Output]:
+        """Advance the clock and apply what time alone changes in ``partition``: validity
+        expiry, quarantine resets and lifts, retention."""
+        self.clock = max(self.clock, now_ms)
+        out: list[Output] = []
+        if partition not in self._kpi_checked:
+            self._reconcile_kpis(partition, out)
+        for key in self._message_due.pop_due(partition, self.clock):
+            self._message_time(key, partition, offset, family, out)
+        for key in self._address_due.pop_due(partition, self.clock):
+            self._address_time(key, partition, offset, family, out)
+        out += self.flush_kpis(partition)
+        if self.clocks.get(str(partition)) != self.clock:
+            self.clocks[str(partition)] = self.clock
+        return out
+
+    # -- message status -------------------------------------------------------------
+
+    def _message(
+        self,
+        family: str,
+        event: dict[str, Any],
+        q: Qualification | None,
+        partition: int,
+        offset: int,
+        out: list[Output],
+    ) -> None:
+        mid = event["message_id"]
+        rec = self.messages.get(mid)
+        old_state = MessageState.from_dict(rec["s"]) if rec else None
+        state = message_status.apply(old_state, family, event, q, self.config.validity)
+        self._publish_message(mid, rec, state, state != old_state, partition, offset, family, out)
+
+    def _message_time(
+        self, mid: str, partition: int, offset: int, family: str, out: list[Output]
+    ) -> None:
+        rec = self.messages[mid]
+        state = MessageState.from_dict(rec["s"])
+        view = message_status.view(state, self.clock)
+        if (
+            message_status.is_terminal(view)
+            and rec["view"] == view.to_dict()
+            and self.clock >= state.last_seen + self.config.message_retention_ms
+        ):
+            # The message's contribution moves from live to retired: the counts stay.
+            self._kpi_add(partition, state.delivery_id, retired=kpi_delta(None, view))
+            del self.messages[mid]
+            return
+        self._publish_message(mid, rec, state, False, partition, offset, family, out)
+
+    def _publish_message(
+        self,
+        mid: str,
+        rec: dict[str, Any] | None,
+        state: MessageState,
+        state_changed: bool,
+        partition: int,
+        offset: int,
+        family: str,
+        out: list[Output],
+    ) -> None:
+        view = message_status.view(state, self.clock)
+        old_view = MessageView.from_dict(rec["view"]) if rec else None
+        changed = view != old_view
+        if changed or state_changed:
+            due = message_status.deadline(state)
+            if due is None or message_status.is_terminal(view):
+                due = max(state.last_seen, self.clock) + self.config.message_retention_ms
+            version = _write(
+                self.messages,
+                self._message_due,
+                mid,
+                rec,
+                state.to_dict(),
+                view.to_dict(),
+                changed,
+                due,
+                partition,
+                offset,
+                family,
+            )
+            if changed:
+                out.append(status_record(mid, state.delivery_id, view, version, self.clock))
+                self._kpi(state.delivery_id, old_view, view, partition)
+                return
+        if _is_redelivery(rec, family, offset):
+            assert rec is not None
+            out.append(status_record(mid, state.delivery_id, view, rec["v"], self.clock))
+            self._kpi_add(partition, state.delivery_id)
+
+    # -- delivery KPI partials ----------------------------------------------------------
+
+    def _kpi(
+        self, delivery_id: str, old: MessageView | None, new: MessageView, partition: int
+    ) -> None:
+        delta = kpi_delta(old, new)
+        if not delta.is_zero:
+            self._kpi_add(partition, delivery_id, counts=delta)
+
+    def _kpi_add(
+        self,
+        partition: int,
+        delivery_id: str,
+        counts: KpiDelta | None = None,
+        retired: KpiDelta | None = None,
+    ) -> None:
+        """Note a change of the partial; with no change, the partial is published again."""
+        pending = self._kpi_pending.setdefault(partition, {})
+        c, r = pending.get(delivery_id, (_ZERO, _ZERO))
+        pending[delivery_id] = (
+            c if counts is None else c.add(counts),
+            r if retired is None else r.add(retired),
+        )
+
+    def flush_kpis(self, partition: int) -> list[Output]:
+        """Write the partition's pending KPI partial changes and publish each changed
+        partial once (called on every tick of the partition)."""
+        out: list[Output] = []
+        for delivery_id, (c, r) in self._kpi_pending.pop(partition, {}).items():
+            key = f"{delivery_id}|{partition}"
+            rec = self.kpi_parts.get(key)
+            if c == _ZERO and r == _ZERO:
+                if rec is not None:
+                    out.append(kpi_part_record(delivery_id, partition, rec))
+                continue
+            counts = KpiCounts.from_dict(rec["c"]) + c if rec else c
+            retired = KpiCounts.from_dict(rec["r"]) + r if rec else r
+            # Retiring messages moves counts, it does not change them: same version, unsent.
+            publish = c != _ZERO or rec is None
+            version = 1 if rec is None else rec["v"] + 1 if publish else rec["v"]
+            new_rec = {"c": counts.to_dict(), "r": retired.to_dict(), "v": version}
+            self.kpi_parts[key] = new_rec
+            if publish:
+                out.append(kpi_part_record(delivery_id, partition, new_rec))
+        return out
+
+    # -- address health -------------------------------------------------------------------
+
+    def _address(
+        self,
+        family: str,
+        event: dict[str, Any],
+        q: Qualification | None,
+        partition: int,
+        offset: int,
+        out: list[Output],
+    ) -> None:
+        address = event["recipient"].lower()
+        rec = self.addresses.get(address)
+        old_state = AddressState.from_dict(rec["s"]) if rec else None
+        state = address_health.apply(old_state, family, event, q, self.config.quarantine)
+        self._publish_address(
+            address, rec, state, state != old_state, partition, offset, family, out
+        )
+
+    def _address_time(
+        self, address: str, partition: int, offset: int, family: str, out: list[Output]
+    ) -> None:
+        rec = self.addresses[address]
+        state = AddressState.from_dict(rec["s"])
+        view = address_health.view(state, self.clock)
+        if (
+            view.state == address_health.VALID
+            and state.max_seen is not None
+            and self.clock >= state.max_seen + self.config.address_retention_ms
+        ):
+            del self.addresses[address]
+            return
+        self._publish_address(address, rec, state, False, partition, offset, family, out)
+
+    def _publish_address(
+        self,
+        address: str,
+        rec: dict[str, Any] | None,
+        state: AddressState,
+        state_changed: bool,
+        partition: int,
+        offset: int,
+        family: str,
+        out: list[Output],
+    ) -> None:
+        view = address_health.view(state, self.clock)
+        shown = {
+            "state": view.state,
+            "error_count": view.error_count,
+            "reason": view.reason,
+            "last_error_time": view.last_error_at,
+        }
+        changed = rec is None or shown != rec["view"]
+        if changed or state_changed:
+            due = state.resets_at if (state.resets_at or -1) >= self.clock else None
+            if due is None and view.state == address_health.VALID and state.max_seen is not None:
+                due = state.max_seen + self.config.address_retention_ms
+            version = _write(
+                self.addresses,
+                self._address_due,
+                address,
+                rec,
+                state.to_dict(),
+                shown,
+                changed,
+                due,
+                partition,
+                offset,
+                family,
+            )
+            if changed:
+                out.append(address_record(address, shown, version, self.clock))
+                return
+        if _is_redelivery(rec, family, offset):
+            assert rec is not None
+            out.append(address_record(address, shown, rec["v"], self.clock))

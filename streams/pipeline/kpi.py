@@ -1,0 +1,45 @@
+"""The KPI step: sums the per-partition KPI partials of each delivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.domain.recipient.delivery_kpi import KpiCounts
+from streams.pipeline.records import Output, Store, kpi_record
+
+
+class KpiAggregator:
+    """Sums the per-partition KPI partials of each delivery (keyed by delivery id).
+
+    Each partial carries its partition's full counts and a version, so applying one is
+    idempotent and order-tolerant: the newest version per partition wins.
+    """
+
+    def __init__(self, sums: Store) -> None:
+        self.sums = sums
+
+    def process(self, part: dict[str, Any], now_ms: int, offset: int) -> list[Output]:
+        delivery_id = part["delivery_id"]
+        rec = self.sums.get(delivery_id)
+        parts = dict(rec["parts"]) if rec else {}
+        pkey = str(part["partition"])
+        if pkey in parts and parts[pkey][0] >= part["v"]:
+            if rec is not None and offset <= rec["src"]:
+                return [self._record(delivery_id, rec, now_ms)]
+            return []
+        parts[pkey] = [part["v"], part["c"]]
+        new_rec = {"parts": parts, "v": rec["v"] + 1 if rec else 1, "src": offset}
+        self.sums[delivery_id] = new_rec
+        return [self._record(delivery_id, new_rec, now_ms)]
+
+    @staticmethod
+    def total(rec: dict[str, Any]) -> KpiCounts:
+        total = KpiCounts()
+        for _, counts in rec["parts"].values():
+            total = total + KpiCounts.from_dict(counts)
+        return total
+
+    def _record(self, delivery_id: str, rec: dict[str, Any], now_ms: int) -> Output:
+        return Output(
+            "kpi", delivery_id, kpi_record(delivery_id, self.total(rec), rec["v"], now_ms)
+        )
