@@ -14,7 +14,8 @@ import random
 import time
 from collections.abc import Callable
 
-from streams.domain.bounce.qualifier import Qualifier, parse_reply
+from streams.domain.bounce.qualifier import Qualifier
+from streams.domain.bounce.rules import parse_reply
 
 TEMPLATES = [
     "550-5.1.1 The email account that you tried to reach does not exist. Please try 550-5.1.1 "

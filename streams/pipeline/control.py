@@ -10,12 +10,8 @@ from typing import Any, NamedTuple
 from streams.domain.control.mx_rules import MxRules
 from streams.domain.control.reputation import KeyWindow, ReputationBook, Signal, signal_keys
 from streams.domain.control.sequencer import Due, Sequencer
-from streams.domain.control.throttle_controller import (
-    KeyState,
-    ThrottleController,
-    ThrottleSetting,
-    main_key,
-)
+from streams.domain.control.throttle_controller import ThrottleController, main_key
+from streams.domain.control.throttle_state import KeyState, ThrottleSetting
 from streams.pipeline.records import (
     Output,
     Source,

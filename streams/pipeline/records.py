@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from streams.domain.control.mx_rules import MxRules
 from streams.domain.control.reputation import ReputationRecord, Signal, signal_from_event
-from streams.domain.control.throttle_controller import ThrottleSetting
+from streams.domain.control.throttle_state import ThrottleSetting
 from streams.domain.recipient.delivery_kpi import KpiCounts
 from streams.domain.recipient.message_status import MessageView
 from streams.domain.types import Qualification

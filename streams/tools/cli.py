@@ -82,7 +82,7 @@ def cmd_views(_args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.domain.bounce.qualifier import RulesError
+    from streams.domain.bounce.rules import RulesError
     from streams.domain.control.mx_rules import MxRulesError
     from streams.tools import replay
 

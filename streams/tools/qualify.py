@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from streams.domain.bounce.dsn import parse_report
-from streams.domain.bounce.qualifier import Qualifier, RulesError, load_qualifier
+from streams.domain.bounce.qualifier import Qualifier, load_qualifier
+from streams.domain.bounce.rules import RulesError
 from streams.domain.types import Qualification
 
 # A line longer than this is not a reply; it is reported, not qualified.

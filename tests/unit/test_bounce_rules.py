@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.bounce.qualifier import (
-    Qualifier,
-    RulesError,
-    default_qualifier,
-    load_qualifier,
-    parse_reply,
-    required_literals,
-)
+from streams.domain.bounce.literals import required_literals
+from streams.domain.bounce.qualifier import Qualifier, default_qualifier, load_qualifier
+from streams.domain.bounce.rules import RulesError, parse_reply
 from streams.domain.types import Qualification
 
 Q = default_qualifier()

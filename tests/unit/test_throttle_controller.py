@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from streams.domain.control.mx_rules import load_mx_rules
 from streams.domain.control.reputation import ReputationBook, Signal
-from streams.domain.control.throttle_controller import KeyState, ThrottleController
+from streams.domain.control.throttle_controller import ThrottleController
+from streams.domain.control.throttle_state import KeyState
 from streams.domain.types import Qualification
 
 RULES = load_mx_rules()

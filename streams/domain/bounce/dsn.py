@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
-from streams.domain.bounce.qualifier import Qualifier, parse_reply
+from streams.domain.bounce.qualifier import Qualifier
+from streams.domain.bounce.rules import parse_reply
 from streams.domain.types import Qualification
 
 ReportKind = Literal["bounce", "complaint", "auto_reply", "not_bounce"]

@@ -58,71 +58,15 @@ State: only keys that published a change or count automation hits hold state
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from streams.domain.control.automation import LIMIT_FIELDS, AutomationRule, TriggerCounter
 from streams.domain.control.mx_rules import DEFAULT_GROUP, GroupRules, MxRules
 from streams.domain.control.reputation import ReputationBook, ReputationRecord, Signal
-
-Mode = Literal["normal", "backoff", "suspended", "warmup"]
-SettingScope = Literal["group", "domain", "ip_group"]
+from streams.domain.control.throttle_state import KeyState, Mode, SettingScope, ThrottleSetting
 
 DAY_MS = 86_400_000
 _REPLY_CHARS = 120
-
-
-@dataclass(frozen=True, slots=True)
-class ThrottleSetting:
-    key: str
-    scope: SettingScope
-    mode: Mode
-    max_rate_per_hour: int
-    max_connections: int
-    max_messages_per_connection: int
-    retry_interval_s: int
-    suspended_until: int | None  # epoch ms
-    reason: str
-    version: int
-    changed_at: int  # epoch ms
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class KeyState:
-    """Mutable controller state of one key; ``to_dict``/``from_dict`` for tables."""
-
-    key: str
-    scope: SettingScope
-    group: str
-    max_rate_per_hour: int
-    max_connections: int
-    max_messages_per_connection: int
-    retry_interval_s: int
-    suspended_until: int | None = None
-    reason: str = "baseline"
-    version: int = 0
-    changed_at: int | None = None
-    last_negative_ms: int | None = None
-    hold_until_ms: int | None = None
-    warmup_start_ms: int | None = None
-    published: list[Any] | None = None  # what was last published, to publish on change only
-    counters: dict[str, TriggerCounter] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f: getattr(self, f) for f in self.__slots__ if f != "counters"}
-        data["counters"] = {name: c.to_dict() for name, c in self.counters.items()}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> KeyState:
-        values = dict(data)
-        counters = values.pop("counters", {})
-        state = cls(**values)
-        state.counters = {n: TriggerCounter.from_dict(c) for n, c in counters.items()}
-        return state
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:
