@@ -1,14 +1,35 @@
-"""Fixes of faust-streaming in streams/runtime/faust_patches.py, checked without a broker."""
+"""Fixes of faust-streaming in streams/runtime/faust_patches.py, checked without a broker.
+
+The guard is checked against the installed faust-streaming and aiokafka. Each patch's test
+runs one scenario with the upstream functions and again with the patch: the upstream run
+shows the defect's symptom, the patched run does not. The scenarios use real faust, mode
+and aiokafka objects where they can be built without a broker; what stands in for a broker
+(or the client's network side) is a small fake named as such.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import confluent_kafka
+import faust
+import pytest
+from aiokafka.consumer.fetcher import Fetcher, FetchResult
+from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.structs import ConsumerRecord
+from faust.tables.recovery import Recovery
+from faust.transport import consumer as faust_consumer
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode.utils.queues import FlowControlQueue
 
 from streams.runtime import faust_patches
+from streams.runtime.faust_patches import CHECK_VARIABLE, FaustPatchMismatch
 
 A, B, C = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
 
@@ -30,3 +51,424 @@ def test_partitions_whose_start_is_not_built_yet_are_not_sought():
     offsets.setdefault(C, None)  # added by a rebalance during recovery, as faust does
     asyncio.run(faust_patches._seek_offsets(None, consumer, {A, B, C}, offsets, "standby"))  # type: ignore[arg-type]
     assert consumer.sought == {A: 0, B: 41}
+
+
+def use(monkeypatch: pytest.MonkeyPatch, name: str, *, patched: bool) -> None:
+    """Put back the upstream functions the patch ``name`` replaces, then install it if
+    ``patched``; the test's end restores whatever was installed before."""
+    (patch,) = (p for p in faust_patches.PATCHES if p.name == name)
+    for target in patch.targets:
+        monkeypatch.setattr(target.owner, target.name, target.upstream)
+    if patched:
+        patch.install()
+
+
+def new_app() -> faust.App:
+    """A Faust app that is never started: nothing here talks to its broker."""
+    return faust.App("faust-patches-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+
+
+# -- the start-up guard
+
+
+def test_guard_passes_on_the_installed_versions(monkeypatch):
+    monkeypatch.delenv(CHECK_VARIABLE, raising=False)
+    assert faust_patches._mismatches() == []
+    faust_patches.check_upstream()
+
+
+def unpatch_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream functions everywhere, for a test that calls apply(); restored at its end."""
+    monkeypatch.setattr(faust_patches, "_client_config", {})
+    for patch in faust_patches.PATCHES:
+        use(monkeypatch, patch.name, patched=False)
+
+
+def test_apply_installs_every_patch_and_can_run_again(monkeypatch):
+    monkeypatch.delenv(CHECK_VARIABLE, raising=False)
+    unpatch_all(monkeypatch)
+    faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"})
+    faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"})  # the guard checks upstream
+    targets = [target for patch in faust_patches.PATCHES for target in patch.targets]
+    assert all(getattr(t.owner, t.name) is not t.upstream for t in targets)
+    assert len({(t.owner, t.name) for t in targets}) == len(targets) == 9
+
+
+def test_guard_refuses_a_changed_upstream_function_naming_the_patch(monkeypatch, caplog):
+    monkeypatch.delenv(CHECK_VARIABLE, raising=False)
+    unpatch_all(monkeypatch)
+    flush = faust_patches._BUFFER_FLUSH
+    installed_sha256 = flush.sha256
+    monkeypatch.setattr(flush, "sha256", "0" * 64)  # as if ProducerBuffer.flush had changed
+
+    with pytest.raises(FaustPatchMismatch) as refused:
+        faust_patches.apply({})
+    message = str(refused.value)
+    assert (
+        "patch_changelog_buffer_flush: faust.transport.producer.ProducerBuffer.flush: "
+        f"expected source sha256 {'0' * 64}, found {installed_sha256}"
+    ) in message
+    assert f"{CHECK_VARIABLE}=warn" in message
+    assert ProducerBuffer.flush is flush.upstream  # refused before patching anything
+
+    monkeypatch.setenv(CHECK_VARIABLE, "warn")
+    with caplog.at_level(logging.WARNING, logger=faust_patches.__name__):
+        faust_patches.apply({})
+    assert "patch_changelog_buffer_flush: faust.transport.producer.ProducerBuffer.flush" in (
+        caplog.text
+    )
+    assert ProducerBuffer.flush is faust_patches._flush  # patched anyway
+
+
+def test_guard_refuses_another_version(monkeypatch):
+    monkeypatch.delenv(CHECK_VARIABLE, raising=False)
+    monkeypatch.setitem(faust_patches.UPSTREAM_VERSIONS, "aiokafka", "0.0.1")
+    with pytest.raises(
+        FaustPatchMismatch, match=r"aiokafka: expected version 0\.0\.1, found 0\.14\.0"
+    ):
+        faust_patches.check_upstream()
+
+
+def test_guard_rejects_an_unknown_override(monkeypatch):
+    monkeypatch.setenv(CHECK_VARIABLE, "off")
+    with pytest.raises(ValueError, match=f"{CHECK_VARIABLE}='off'"):
+        faust_patches.check_upstream()
+
+
+# -- patch_changelog_buffer_flush
+
+
+class SlowClient:
+    """The producer's channel, whose first record takes 0.3 s to reach the Kafka client."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.first_sent = asyncio.Event()
+
+    async def publish_message(self, fut: Any, wait: bool) -> None:
+        if not self.published:
+            await self.first_sent.wait()
+        self.published += 1
+
+
+async def records_handed_over_when_flush_returns() -> int:
+    client = SlowClient()
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    await buffer.start()
+    for _ in range(3):  # table changelog records
+        buffer.put(SimpleNamespace(message=SimpleNamespace(channel=client)))  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_later(0.3, client.first_sent.set)
+    await asyncio.wait_for(buffer.flush(), timeout=5)
+    handed_over = client.published
+    while client.published < 3:  # let the upstream buffer finish before it stops
+        await asyncio.sleep(0.01)
+    await buffer.stop()
+    return handed_over
+
+
+def test_changelog_buffer_flush_returns_once_every_record_reached_the_client(monkeypatch):
+    use(monkeypatch, "patch_changelog_buffer_flush", patched=False)
+    assert asyncio.run(records_handed_over_when_flush_returns()) == 0  # offsets commit now
+    use(monkeypatch, "patch_changelog_buffer_flush", patched=True)
+    assert asyncio.run(records_handed_over_when_flush_returns()) == 3
+
+
+# -- patch_true_high_watermarks
+
+CHANGELOG = TP("faust-patches-test-totals-changelog", 0)
+LAST_OFFSET = 884  # of the changelog's records; the embedded broker reports 880
+
+
+class TansuConsumer:
+    """aiokafka's consumer as the embedded broker answers it: a partition's end offset is
+    the base offset of its last record batch, not the offset after its last record."""
+
+    async def end_offsets(self, partitions: list[TP]) -> dict[TP, int]:
+        return {tp: 880 for tp in partitions}
+
+
+class ProbeRecord:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.tp, self._offset = tp, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self.tp.topic
+
+    def partition(self) -> int:
+        return self.tp.partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class ProbeConsumer:
+    """confluent-kafka's consumer on that broker: records from the assigned offsets on."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.unread: list[ProbeRecord] = []
+
+    def assign(self, partitions: list[confluent_kafka.TopicPartition]) -> None:
+        for p in partitions:
+            tp = TP(p.topic, p.partition)
+            self.unread += [ProbeRecord(tp, off) for off in range(p.offset, LAST_OFFSET + 1)]
+
+    def consume(self, num_messages: int, timeout: float) -> list[ProbeRecord]:
+        batch, self.unread = self.unread[:num_messages], self.unread[num_messages:]
+        return batch
+
+    def close(self) -> None:
+        pass
+
+
+async def changelog_high_watermark() -> int:
+    thread = new_app().consumer._thread
+    thread._consumer = TansuConsumer()  # type: ignore[assignment]
+    return (await thread._highwaters([CHANGELOG]))[CHANGELOG]
+
+
+def test_true_high_watermarks_cover_the_last_changelog_batch(monkeypatch):
+    monkeypatch.setattr(faust_patches, "_client_config", {"bootstrap.servers": "127.0.0.1:1"})
+    monkeypatch.setattr(confluent_kafka, "Consumer", ProbeConsumer)
+    use(monkeypatch, "patch_true_high_watermarks", patched=False)
+    # Recovery restores up to the watermark: records 880-884 would never be restored.
+    assert asyncio.run(changelog_high_watermark()) == 880
+    use(monkeypatch, "patch_true_high_watermarks", patched=True)
+    assert asyncio.run(changelog_high_watermark()) == LAST_OFFSET + 1
+
+
+# -- patch_seek_streams_before_resume
+
+STREAM = TP("faust-patches-test-input", 0)
+COMMITTED, END = 10, 20  # of the stream partition
+
+
+class RecoveringConsumer:
+    """Faust's consumer at the end of recovery, with its fetch loop: whenever the event loop
+    runs, it hands the next record of each active stream partition to the agent's queue."""
+
+    def __init__(self) -> None:
+        self.active = {CHANGELOG}  # the stream partition is paused during recovery
+        self.position = COMMITTED  # where the client reads the stream partition next
+        self._read_offset: dict[TP, int | None] = {}
+        self._committed_offset: dict[TP, int | None] = {}
+
+    def assignment(self) -> set[TP]:
+        return {STREAM, CHANGELOG}
+
+    def pause_partitions(self, tps: set[TP]) -> None:
+        self.active -= set(tps)
+
+    def resume_partitions(self, tps: set[TP]) -> None:
+        self.active |= set(tps)
+
+    async def seek_to_committed(self) -> dict[TP, int]:
+        await asyncio.sleep(0)  # a call into the consumer thread
+        self.position = COMMITTED
+        return {STREAM: COMMITTED}
+
+    perform_seek = faust_consumer.Consumer.perform_seek  # faust's own
+
+    def resume_flow(self) -> None:
+        pass
+
+    async def fetch_loop(self, queue: FlowControlQueue[int]) -> None:
+        while self.position < END:
+            if STREAM in self.active:
+                queue.put_nowait(self.position)
+                self.position += 1
+            await asyncio.sleep(0)
+
+
+class RunningFetcher:
+    async def maybe_start(self) -> None:
+        pass  # already running: RecoveringConsumer.fetch_loop
+
+
+async def stream_records_never_queued(end_of_recovery: str) -> set[int]:
+    app = new_app()
+    app.Table("totals", default=int)  # its changelog partition is CHANGELOG
+    consumer = RecoveringConsumer()
+    app.consumer = consumer  # type: ignore[assignment]
+    app._fetcher = RunningFetcher()  # type: ignore[assignment]
+    queue: FlowControlQueue[int] = FlowControlQueue(
+        flow_control=app.flow_control, clear_on_resume=True
+    )
+    fetching = asyncio.ensure_future(consumer.fetch_loop(queue))
+    await getattr(Recovery, end_of_recovery)(app.tables.recovery, 0)
+    await asyncio.wait_for(fetching, timeout=5)
+    return set(range(COMMITTED, END)) - set(queue._queue)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("end_of_recovery", ["_resume_streams", "on_recovery_completed"])
+def test_stream_partitions_resume_from_their_committed_offsets(monkeypatch, end_of_recovery):
+    use(monkeypatch, "patch_seek_streams_before_resume", patched=False)
+    # Queued during the seek, then cleared by the flow-control resume; position past them.
+    lost = asyncio.run(stream_records_never_queued(end_of_recovery))
+    assert COMMITTED in lost  # {10, 11}: how many depends on the fake's pace
+    use(monkeypatch, "patch_seek_streams_before_resume", patched=True)
+    assert asyncio.run(stream_records_never_queued(end_of_recovery)) == set()
+
+
+# -- patch_active_partitions_snapshot
+
+
+class FetchedBatch(Iterator[ConsumerRecord[bytes, bytes]]):
+    """The records of one fetch response, as aiokafka's PartitionRecords yields them."""
+
+    def __init__(self, tp: TP, offsets: range) -> None:
+        self.next_fetch_offset = offsets.start
+        self._records = iter(
+            ConsumerRecord(tp.topic, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, [])
+            for o in offsets
+        )
+
+    def __next__(self) -> ConsumerRecord[bytes, bytes]:
+        record = next(self._records)
+        self.next_fetch_offset = record.offset + 1
+        return record
+
+
+async def fetch_as_recovery_pauses_the_changelog() -> tuple[list[int], int]:
+    """What faust's getmany delivered, and the client's position in the stream partition."""
+    consumer = new_app().consumer
+    subscriptions = SubscriptionState()
+    subscriptions.assign_from_user({STREAM, CHANGELOG})
+    subscriptions.seek(STREAM, COMMITTED)
+    subscriptions.seek(CHANGELOG, 0)
+    # aiokafka's fetcher without its network side: records arrive below, as a response.
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._loop = asyncio.get_running_loop()
+    fetcher._subscriptions = subscriptions
+    fetcher._records = OrderedDict()
+    fetcher._fetch_waiters = set()
+    fetcher._wait_consume_future = None
+    fetcher._closed = False
+    client = SimpleNamespace(_fetcher=fetcher, _closed=False)
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> Any:
+        return await consumer._thread._fetch_records(client, active_partitions, timeout=timeout)
+
+    consumer._getmany = getmany  # type: ignore[method-assign]  # the thread hop, inline
+    consumer._set_active_tps({STREAM, CHANGELOG})
+    consumer.pause_partitions({STREAM})  # recovery: only the changelog is read
+    delivered: list[int] = []
+
+    async def drain() -> None:
+        async for _, message in consumer.getmany(timeout=0.3):
+            delivered.append(message.offset)
+
+    draining = asyncio.ensure_future(drain())
+    while not fetcher._fetch_waiters:  # until it waits for changelog records
+        await asyncio.sleep(0)
+    consumer.pause_partitions({CHANGELOG})  # recovery is done with it
+    assignment = subscriptions.subscription.assignment
+    fetcher._records[STREAM] = FetchResult(
+        STREAM,
+        assignment=assignment,
+        partition_records=FetchedBatch(STREAM, range(10, 15)),
+        backoff=0,
+    )
+    for waiter in list(fetcher._fetch_waiters):  # as aiokafka's fetch routine wakes them
+        fetcher._notify(waiter)
+    await draining
+    return delivered, assignment.state_value(STREAM).position
+
+
+def test_fetch_while_recovery_pauses_every_partition_takes_no_records(monkeypatch):
+    use(monkeypatch, "patch_active_partitions_snapshot", patched=False)
+    # Records 10-14 were taken from the client and dropped: the next fetch starts at 15.
+    assert asyncio.run(fetch_as_recovery_pauses_the_changelog()) == ([], 15)
+    use(monkeypatch, "patch_active_partitions_snapshot", patched=True)
+    assert asyncio.run(fetch_as_recovery_pauses_the_changelog()) == ([], COMMITTED)
+
+
+# -- patch_skip_seek_to_unknown_offset
+
+
+async def seek_standbys_added_by_a_rebalance() -> dict[TP, int]:
+    app = new_app()
+    table = app.Table("totals", default=int)
+    recovery = app.tables.recovery
+    recovery.standby_offsets[A] = 41  # a standby partition already being built
+    recovery.add_standby(table, A)
+    recovery.add_standby(table, CHANGELOG)  # new, its start not built yet: None
+    consumer = SeekRecorder()
+    await Recovery._seek_offsets(
+        recovery, consumer, recovery.standby_tps, recovery.standby_offsets, "standby"
+    )
+    return consumer.sought
+
+
+def test_standby_partitions_with_no_offset_yet_do_not_crash_the_seek(monkeypatch):
+    use(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=False)
+    with pytest.raises(ValueError, match="Offset must be a positive integer"):
+        asyncio.run(seek_standbys_added_by_a_rebalance())
+    use(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=True)
+    assert asyncio.run(seek_standbys_added_by_a_rebalance()) == {A: 41}
+
+
+# -- patch_direct_record_handover
+
+OFFSETS = [*range(50), *range(60, 100)]  # offsets 50-59 are missing
+
+
+async def hand_over_records() -> tuple[list[int], int, list[Any]]:
+    """Offsets handed to the stream, tasks created meanwhile, gaps recorded for commits."""
+    consumer = new_app().consumer
+    consumer.app.topics.acks_enabled_for = lambda topic: True  # type: ignore[method-assign]
+    handed: list[int] = []
+
+    async def callback(message: Any) -> None:
+        handed.append(message.offset)
+
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        for offset in OFFSETS:
+            yield STREAM, SimpleNamespace(topic=STREAM.topic, offset=offset)
+        fetcher._stopped.set()
+
+    consumer.callback = callback
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    tasks = 0
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal tasks
+        tasks += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    asyncio.get_running_loop().set_task_factory(counting_factory)
+    await consumer._drain_messages(fetcher)
+    return handed, tasks, sorted(consumer._gap[STREAM])
+
+
+def test_records_are_handed_over_without_tasks_and_gaps_are_logged(monkeypatch, caplog):
+    use(monkeypatch, "patch_direct_record_handover", patched=False)
+    handed, tasks, gaps = asyncio.run(hand_over_records())
+    assert handed == OFFSETS
+    assert tasks >= 4 * len(OFFSETS)
+    use(monkeypatch, "patch_direct_record_handover", patched=True)
+    with caplog.at_level(logging.WARNING, logger=faust_patches.__name__):
+        assert asyncio.run(hand_over_records()) == (handed, 1, gaps)
+    assert f"{STREAM}: offsets 50-59 skipped" in caplog.text
+
+
+# -- patch_fetch_max_wait
+
+
+async def fetch_max_wait_ms() -> int:
+    app = new_app()
+    client = app.consumer._thread._create_worker_consumer(app.transport)
+    await client.stop()  # never started
+    return client._fetch_max_wait_ms  # its fetcher's max_wait_time, once started
+
+
+def test_fetch_max_wait_is_50_ms(monkeypatch):
+    use(monkeypatch, "patch_fetch_max_wait", patched=False)
+    assert asyncio.run(fetch_max_wait_ms()) == 1500
+    use(monkeypatch, "patch_fetch_max_wait", patched=True)
+    assert asyncio.run(fetch_max_wait_ms()) == faust_patches.FETCH_MAX_WAIT_MS == 50
