@@ -66,4 +66,5 @@ def check_handlers(names: Iterable[str], runner: str) -> None:
 
 def check_output(step: StepSpec, topic: str) -> None:
     if topic not in step.writes:
-        raise TopologyError(f"step {step.name!r} wrote to {topic!r}, not among {step.writes}")
+        declared = ", ".join(step.writes)
+        raise TopologyError(f"step {step.name!r} wrote to '{topic}', not among {declared}")
