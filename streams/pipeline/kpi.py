@@ -6,6 +6,7 @@ from typing import Any
 
 from streams.domain.recipient.delivery_kpi import KpiCounts
 from streams.pipeline.records import Output, Store, kpi_record
+from streams.pipeline.topics import Topic
 
 
 class KpiAggregator:
@@ -41,5 +42,5 @@ class KpiAggregator:
 
     def _record(self, delivery_id: str, rec: dict[str, Any], now_ms: int) -> Output:
         return Output(
-            "kpi", delivery_id, kpi_record(delivery_id, self.total(rec), rec["v"], now_ms)
+            Topic.KPI, delivery_id, kpi_record(delivery_id, self.total(rec), rec["v"], now_ms)
         )

@@ -17,6 +17,7 @@ from streams.domain.control.throttle_state import ThrottleSetting
 from streams.domain.recipient.delivery_kpi import KpiCounts
 from streams.domain.recipient.message_status import MessageView
 from streams.domain.types import Qualification
+from streams.pipeline.topics import Topic
 
 # A step's key-value state: a Faust table in the workers, a dict in ``replay``.
 Store = MutableMapping[str, Any]
@@ -35,7 +36,7 @@ THROTTLE_FIELDS = (
 
 
 class Output(NamedTuple):
-    topic: str  # logical topic name (streams.pipeline.topics)
+    topic: Topic
     key: str
     value: dict[str, Any]
 
@@ -44,7 +45,7 @@ def status_record(
     mid: str, delivery_id: str, view: MessageView, version: int, now_ms: int
 ) -> Output:
     return Output(
-        "status",
+        Topic.STATUS,
         mid,
         {
             "event_id": f"{mid}:{version}",
@@ -65,7 +66,7 @@ def status_record(
 
 def address_record(address: str, shown: dict[str, Any], version: int, now_ms: int) -> Output:
     return Output(
-        "address",
+        Topic.ADDRESS,
         address,
         {
             "event_id": f"{address}:{version}",
@@ -80,7 +81,7 @@ def address_record(address: str, shown: dict[str, Any], version: int, now_ms: in
 def kpi_part_record(delivery_id: str, partition: int, rec: dict[str, Any]) -> Output:
     """A partition's KPI counts of one delivery (internal topic ``kpi-part``)."""
     return Output(
-        "kpi-part",
+        Topic.KPI_PART,
         delivery_id,
         {"delivery_id": delivery_id, "partition": partition, "v": rec["v"], "c": rec["c"]},
     )
@@ -113,7 +114,7 @@ def signal_output(
         signal = signal_from_event(family, event, q, rules)  # type: ignore[arg-type]
         if signal is None:
             return None
-        return Output("signal", signal.group, signal_to_dict(signal))
+        return Output(Topic.SIGNAL, signal.group, signal_to_dict(signal))
 
     return make
 
@@ -190,7 +191,7 @@ def clock_time(value: dict[str, Any]) -> int:
 
 def reputation_output(r: ReputationRecord) -> Output:
     return Output(
-        "reputation",
+        Topic.REPUTATION,
         r.key,
         {
             "event_id": f"{r.key}:{r.time_ms}",
@@ -212,7 +213,7 @@ def reputation_output(r: ReputationRecord) -> Output:
 
 
 def throttle_output(s: ThrottleSetting) -> Output:
-    return Output("throttle", s.key, throttle_record(s))
+    return Output(Topic.THROTTLE, s.key, throttle_record(s))
 
 
 def throttle_record(s: ThrottleSetting) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from streams.pipeline.topics import Topic
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.config import Settings
 
@@ -65,12 +66,12 @@ return 1
 
 VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
     # topic logical name → (Redis key kind, key field, field that orders versions)
-    "status": ("msg", "message_id", "version"),
-    "address": ("addr", "address", "version"),
-    "kpi": ("kpi", "delivery_id", "version"),
-    "throttle": ("throttle", "key", "version"),
+    Topic.STATUS: ("msg", "message_id", "version"),
+    Topic.ADDRESS: ("addr", "address", "version"),
+    Topic.KPI: ("kpi", "delivery_id", "version"),
+    Topic.THROTTLE: ("throttle", "key", "version"),
     # Reputation windows have no version: a later window end supersedes an earlier one.
-    "reputation": ("reputation", "key", "event_time"),
+    Topic.REPUTATION: ("reputation", "key", "event_time"),
 }
 
 
@@ -110,12 +111,12 @@ class ViewStore:
             keys = [self.key(kind, record[id_field])]
             membership = ""
             channel = ""
-            if topic == "address":
+            if topic == Topic.ADDRESS:
                 keys += [f"{self.prefix}:quarantined", f"{self.prefix}:denylisted"]
                 membership = ("+" if record["state"] == "quarantined" else "-") + (
                     "+" if record["state"] == "denylisted" else "-"
                 )
-            elif topic == "throttle":
+            elif topic == Topic.THROTTLE:
                 channel = f"{self.prefix}:throttle"
             flat: list[Any] = []
             for name, value in record.items():
