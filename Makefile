@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The edit loop: the tests that need no broker, no Redis and no worker subprocess (markers of
+# pyproject.toml); nothing is started. `make test` stays the whole suite.
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not broker and not redis and not e2e"
+
 demo: $(STAMP)
 	$(BIN)/mta-feedback demo
 

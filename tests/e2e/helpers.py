@@ -1,4 +1,4 @@
-"""Shared helpers of the end-to-end tests."""
+"""Shared helpers of the end-to-end tests (the event builder is in tests/factories.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,6 @@ from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 from streams.serving.consumer import OutputConsumer
 from streams.testing.sample import Event
-
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-def event(message_id: str, kind: str, t: int, recipient: str | None = None, **extra: Any) -> dict:
-    return {
-        "event_id": f"{message_id}-{kind}-{t}",
-        "event_time": T0 + t,
-        "delivery_id": "D1",
-        "message_id": message_id,
-        "recipient": recipient or f"{message_id.lower()}@example.org",
-        "kind": kind,
-        **extra,
-    }
 
 
 def collect(

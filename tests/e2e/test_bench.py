@@ -6,7 +6,7 @@ import pytest
 
 from streams.tools import bench
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
 
 def test_bench_measures_every_figure(make_settings):

@@ -32,7 +32,7 @@ from streams.testing.worker import WorkerProcess, committed_input
 from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.redis, pytest.mark.e2e]
 
 RECIPIENTS = 4000 if long_run() else 1500
 KILLS = 4 if long_run() else 2

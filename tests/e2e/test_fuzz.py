@@ -19,6 +19,7 @@ from typing import Any
 import fastavro
 import pytest
 from confluent_kafka import Producer
+from factories import event
 
 from streams.runtime.codec import SINGLE_OBJECT_MAGIC, Codec, load_schema_json
 from streams.runtime.config import Settings
@@ -26,9 +27,9 @@ from streams.serving.consumer import OutputConsumer
 from streams.testing.services import long_run
 from streams.testing.worker import WorkerProcess
 
-from .helpers import collect, event
+from .helpers import collect
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.redis, pytest.mark.e2e]
 
 BAD_PER_CATEGORY = 60 if long_run() else 12
 NOW_MS = int(time.time() * 1000)

@@ -13,40 +13,31 @@ topic itself.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import event
 
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer, ProducerError
 from streams.serving.consumer import OutputConsumer
 from streams.testing.proxy import TcpProxy
 from streams.testing.services import TansuBroker, free_port
-from streams.tools.stack import Stack
 
-from .helpers import event
-
-pytestmark = pytest.mark.e2e
-
-BASE = Settings.from_env()
+# A private broker and the producer; no worker, no Redis.
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
-def behind_proxy(tmp_path: Path) -> Iterator[tuple[Settings, TcpProxy]]:
+def behind_proxy(tmp_path: Path, make_settings) -> Iterator[tuple[Settings, TcpProxy]]:
     proxy_port = free_port()
     broker = TansuBroker(tmp_path / "broker.log", advertised_port=proxy_port).start()
     proxy = TcpProxy(proxy_port, broker.port).start()
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = dataclasses.replace(
-        BASE, bootstrap_servers=broker.bootstrap, topic_prefix=prefix, app_id=prefix
-    )
-    Stack(settings).create_topics()
+    settings = make_settings(bootstrap_servers=broker.bootstrap)  # topics created
     try:
         yield settings, proxy
     finally:

@@ -24,8 +24,6 @@ from streams.testing.worker import WorkerProcess
 from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state
 
-pytestmark = pytest.mark.e2e
-
 RECIPIENTS = 6000 if long_run() else 2000
 PRODUCE_S = 60.0 if long_run() else 24.0
 
@@ -34,6 +32,8 @@ def _statuses(settings: Settings, at_least: int) -> None:
     collect(settings, "status", lambda got: len(got) >= at_least, "message_id", timeout=90)
 
 
+# build_app makes the sink's librdkafka producer, which connects to the broker at once.
+@pytest.mark.broker
 def test_defaults_allow_several_workers_per_machine_with_standbys() -> None:
     settings = Settings.from_env({})
     assert settings.web_port == 0 and settings.standby_replicas == 1
@@ -43,6 +43,7 @@ def test_defaults_allow_several_workers_per_machine_with_standbys() -> None:
     assert conf.broker_commit_interval == 1.0
 
 
+@pytest.mark.broker
 def test_the_commit_interval_comes_from_configuration() -> None:
     settings = Settings.from_env({"MTA_COMMIT_INTERVAL_S": "0.25"})
     assert build_app(settings).app.conf.broker_commit_interval == 0.25
@@ -50,6 +51,9 @@ def test_the_commit_interval_comes_from_configuration() -> None:
 
 # About 70 s here (three worker starts, two into a busy group): the 300 s default ceiling of
 # pyproject.toml leaves too little room on a slow or shared machine, or in the long run.
+@pytest.mark.broker
+@pytest.mark.redis
+@pytest.mark.e2e
 @pytest.mark.timeout(1800 if long_run() else 900)
 def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_settings, tmp_path):
     settings = make_settings()

@@ -24,7 +24,7 @@ from streams.testing.worker import WorkerProcess
 from .helpers import collect, produce_paced
 from .reference import diff, reference, stream_state
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.redis, pytest.mark.e2e]
 
 OUTAGE_S = 30.0 if long_run() else 8.0
 

@@ -7,14 +7,15 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from factories import event
 
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 from streams.testing.worker import WorkerProcess
 
-from .helpers import collect, collect_all, event
+from .helpers import collect, collect_all
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
 H = 3_600_000
 

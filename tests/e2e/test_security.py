@@ -25,11 +25,11 @@ import dataclasses
 import ssl
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from factories import event
 
 from streams.runtime.codec import Codec
 from streams.runtime.config import KafkaAuthError, Settings
@@ -43,27 +43,31 @@ from streams.testing.services import RedisServer, TansuBroker, free_port
 from streams.testing.worker import WorkerProcess
 from streams.tools.stack import Stack
 
-from .helpers import collect, collect_all, event
+from .helpers import collect, collect_all
 
-pytestmark = pytest.mark.e2e
+# Every test talks to a broker (a private one, or the stack's through make_settings); those
+# that run a worker are e2e, those with Redis views redis.
+pytestmark = pytest.mark.broker
 
 
-def _private_settings(broker: TansuBroker, **env: str) -> Settings:
-    """Settings for a private broker, from variables only: fresh names, no Redis views."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    return Settings.from_env(
+def _private_settings(make_settings, broker: TansuBroker, **env: str) -> Settings:
+    """Settings for a private broker, from variables only: no Redis views; fresh names
+    (make_settings), no topics created."""
+    base = Settings.from_env(
         {
             "MTA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "MTA_TOPIC_PREFIX": prefix,
-            "MTA_APP_ID": prefix,
             "MTA_REDIS_VIEWS": "false",
             **env,
         }
     )
+    return make_settings(base=base, create_topics=False)
 
 
-def _sasl_settings(broker: TansuBroker, mechanism: str, password: str = "wrong") -> Settings:
+def _sasl_settings(
+    make_settings, broker: TansuBroker, mechanism: str, password: str = "wrong"
+) -> Settings:
     return _private_settings(
+        make_settings,
         broker,
         MTA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
         MTA_SASL_MECHANISM=mechanism,
@@ -81,9 +85,12 @@ def auth_broker(tmp_path: Path):
         broker.kill()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
-def test_scram_rejected_login_fails_clearly_in_every_client(auth_broker, tmp_path, mechanism):
-    settings = _sasl_settings(auth_broker, mechanism)
+def test_scram_rejected_login_fails_clearly_in_every_client(
+    auth_broker, tmp_path, mechanism, make_settings
+):
+    settings = _sasl_settings(make_settings, auth_broker, mechanism)
     producer = EventProducer(settings)
     producer.send("send", event("M1", "relayed", 0))
     with pytest.raises(KafkaAuthError, match=f"user 'campaign' with {mechanism}.*SCRAM"):
@@ -108,8 +115,8 @@ def test_scram_rejected_login_fails_clearly_in_every_client(auth_broker, tmp_pat
     assert "wrong" not in worker.log_text()  # the password is never printed
 
 
-def test_plain_is_not_offered_by_tansu(auth_broker):
-    settings = _sasl_settings(auth_broker, "PLAIN")
+def test_plain_is_not_offered_by_tansu(auth_broker, make_settings):
+    settings = _sasl_settings(make_settings, auth_broker, "PLAIN")
     producer = EventProducer(settings)
     producer.send("send", event("M1", "relayed", 0))
     with pytest.raises(KafkaAuthError, match="PLAIN mechanism handshake failed"):
@@ -117,6 +124,7 @@ def test_plain_is_not_offered_by_tansu(auth_broker):
     assert "NoSharedMechanism" in auth_broker.log_path.read_text()
 
 
+@pytest.mark.redis
 def test_redis_acl_user_from_redis_url(tmp_path, make_settings):
     server = RedisServer(tmp_path / "redis.log", acl_user=("views", "s3cr3t-pw")).start()
     try:
@@ -191,6 +199,7 @@ def _self_signed(tmp_path):
     return tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
 
 
+@pytest.mark.redis
 def test_redis_tls_from_redis_url(tmp_path, make_settings):
     cert, key, ca = _self_signed(tmp_path)
     server = RedisServer(tmp_path / "redis.log", tls=(cert, key, ca)).start()
@@ -209,7 +218,8 @@ def test_redis_tls_from_redis_url(tmp_path, make_settings):
         server.kill()
 
 
-def test_kafka_tls_reaches_every_client(tmp_path):
+@pytest.mark.e2e
+def test_kafka_tls_reaches_every_client(tmp_path, make_settings):
     """MTA_SECURITY_PROTOCOL=SSL and MTA_SSL_CAFILE alone make the producer, the Faust worker
     (aiokafka), its sink and probes (librdkafka), the admin client and the OutputConsumer
     speak TLS. Tansu has no TLS listener here, so a TLS-terminating proxy stands in front of
@@ -221,6 +231,7 @@ def test_kafka_tls_reaches_every_client(tmp_path):
     context.load_cert_chain(cert, key)
     proxy = TcpProxy(proxy_port, broker.port, tls=context).start()
     settings = _private_settings(
+        make_settings,
         broker,
         MTA_SECURITY_PROTOCOL="SSL",
         MTA_SSL_CAFILE=str(ca),
@@ -247,6 +258,7 @@ def test_kafka_tls_reaches_every_client(tmp_path):
         broker.kill()
 
 
+@pytest.mark.e2e
 def test_no_recipient_address_in_the_worker_log(make_settings, tmp_path):
     """Info-level worker log of a run with normal and hostile input: no recipient in it."""
     settings = make_settings()
@@ -254,20 +266,20 @@ def test_no_recipient_address_in_the_worker_log(make_settings, tmp_path):
     codec = Codec()
     hostile = {
         "bad.address@nowhere": codec.encode(
-            "send", event("H1", "relayed", 0, "bad.address@nowhere")
+            "send", event("H1", "relayed", 0, recipient="bad.address@nowhere")
         ),
         "huge" + "x" * 400 + "@example.org": codec.encode(
-            "send", event("H2", "relayed", 0, "huge" + "x" * 400 + "@example.org")
+            "send", event("H2", "relayed", 0, recipient="huge" + "x" * 400 + "@example.org")
         ),
         "far.future@example.org": codec.encode(
-            "send", event("H3", "relayed", 10**13, "far.future@example.org")
+            "send", event("H3", "relayed", 10**13, recipient="far.future@example.org")
         ),
         "rtl\u202eoverride@example.org": codec.encode(
-            "send", event("H4", "relayed", 0, "rtl\u202eoverride@example.org")
+            "send", event("H4", "relayed", 0, recipient="rtl\u202eoverride@example.org")
         ),
     }
     marker = "not.utf8@example.org"
-    good = codec.encode("send", event("H5", "relayed", 0, marker))
+    good = codec.encode("send", event("H5", "relayed", 0, recipient=marker))
     raw = marker.encode()
     hostile[marker] = good.replace(
         bytes([len(raw) * 2]) + raw, bytes([(len(raw) + 1) * 2]) + raw + b"\xff"

@@ -9,7 +9,7 @@ from streams.sim.kafka_control import KafkaControlPlane
 from streams.sim.runner import SimConfig, simulate
 from streams.testing.worker import WorkerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
 GOOGLE_BASELINE = 36_000
 

@@ -9,7 +9,8 @@ from faust.types import TP
 
 from streams.runtime.progress import TailProbe
 
-pytestmark = pytest.mark.e2e
+# The broker alone: no worker, no Redis.
+pytestmark = pytest.mark.broker
 
 
 def test_the_probe_finds_the_true_end_past_a_short_high_watermark(make_settings):

@@ -7,14 +7,15 @@ import time
 
 import pytest
 import redis
+from factories import event
 
 from streams.runtime.producer import EventProducer
 from streams.serving.views import ViewStore
 from streams.testing.worker import WorkerProcess
 
-from .helpers import collect, event
+from .helpers import collect
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.redis, pytest.mark.e2e]
 
 
 def test_rate_limit_replies_throttle_google_down_and_reach_the_control_topic_and_redis(

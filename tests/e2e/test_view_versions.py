@@ -3,10 +3,8 @@ later record stands, as it does on the compacted topic."""
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
+import pytest
 
-from streams.runtime.config import Settings
 from streams.serving.views import ViewStore
 
 
@@ -14,8 +12,9 @@ def _status(version: int, status: str) -> dict:
     return {"message_id": "M1", "delivery_id": "D1", "status": status, "version": version}
 
 
-def test_older_versions_are_ignored_and_equal_versions_replace() -> None:
-    settings = dataclasses.replace(Settings.from_env(), topic_prefix=f"v{uuid.uuid4().hex[:10]}")
+@pytest.mark.redis
+def test_older_versions_are_ignored_and_equal_versions_replace(make_settings) -> None:
+    settings = make_settings(create_topics=False)
     store = ViewStore.from_settings(settings)
     try:
         store.write("status", [_status(2, "taken_into_account")])

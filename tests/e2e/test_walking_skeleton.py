@@ -6,14 +6,15 @@ import io
 
 import fastavro
 import pytest
+from factories import event
 
 from streams.runtime.codec import Codec
 from streams.runtime.producer import EventProducer
 from streams.testing.worker import WorkerProcess
 
-from .helpers import collect, collect_all, event
+from .helpers import collect, collect_all
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
 
 @pytest.fixture

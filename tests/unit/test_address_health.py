@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 
+import factories
 import pytest
+from factories import UNALIGNED_2023
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,6 @@ from streams.domain.types import Qualification
 
 H = 3_600_000
 DAY = 24 * H
-T0 = 1_700_000_000_000
 POLICY = QuarantinePolicy()
 
 MAILBOX_FULL = Qualification("soft", "Mailbox full", 1, "r-mailbox-full")
@@ -39,15 +40,11 @@ _ids = itertools.count()
 
 
 def ev(kind: str, t: int, eid: str | None = None, **kw: object) -> dict:
-    return {
-        "event_id": eid or f"e{next(_ids)}",
-        "event_time": t,
-        "delivery_id": "d1",
-        "message_id": "m1",
-        "recipient": "someone@example.com",
-        "kind": kind,
-        **kw,
-    }
+    """The shared event at the absolute time ``t``: message m1 of delivery d1, one recipient,
+    a new event id unless ``eid``."""
+    fields = {"event_id": eid or f"e{next(_ids)}", "delivery_id": "d1"}
+    fields = {**fields, "recipient": "someone@example.com", **kw}
+    return factories.event("m1", kind, t, start=0, **fields)
 
 
 Step = tuple[str, dict, Qualification | None]
@@ -85,96 +82,108 @@ def at(state: AddressState, now: int) -> AddressView:
 
 
 def test_relay_keeps_the_address_valid_and_stores_nothing() -> None:
-    s = run(("send", ev("relayed", T0), None))
-    assert at(s, T0).state == VALID
+    s = run(("send", ev("relayed", UNALIGNED_2023), None))
+    assert at(s, UNALIGNED_2023).state == VALID
     assert s.entries == ()
 
 
 def test_hard_error_quarantines_at_once_and_keeps_the_first_reason() -> None:
-    s = run(hard(T0), hard(T0 + H, HARD2, kind="async"))
-    v = at(s, T0 + H)
-    assert (v.state, v.reason, v.quarantined_at) == (QUARANTINED, "User unknown", T0)
+    s = run(hard(UNALIGNED_2023), hard(UNALIGNED_2023 + H, HARD2, kind="async"))
+    v = at(s, UNALIGNED_2023 + H)
+    assert (v.state, v.reason, v.quarantined_at) == (QUARANTINED, "User unknown", UNALIGNED_2023)
     assert v.lifts_at is None
 
 
 def test_soft_error_counts_only_24h_after_the_last_counted_one() -> None:
-    s = run(soft(T0))
-    assert (at(s, T0).state, at(s, T0).error_count) == (WITH_ERRORS, 1)
-    s = apply(s, *soft(T0 + 23 * H, MAILBOX_FULL), POLICY)
-    v = at(s, T0 + 23 * H)
-    assert (v.error_count, v.reason, v.last_error_at) == (1, "Mailbox full", T0 + 23 * H)
-    s = apply(s, *soft(T0 + 24 * H), POLICY)
-    assert at(s, T0 + 24 * H).error_count == 2
+    s = run(soft(UNALIGNED_2023))
+    assert (at(s, UNALIGNED_2023).state, at(s, UNALIGNED_2023).error_count) == (WITH_ERRORS, 1)
+    s = apply(s, *soft(UNALIGNED_2023 + 23 * H, MAILBOX_FULL), POLICY)
+    v = at(s, UNALIGNED_2023 + 23 * H)
+    assert (v.error_count, v.reason, v.last_error_at) == (
+        1,
+        "Mailbox full",
+        UNALIGNED_2023 + 23 * H,
+    )
+    s = apply(s, *soft(UNALIGNED_2023 + 24 * H), POLICY)
+    assert at(s, UNALIGNED_2023 + 24 * H).error_count == 2
 
 
 def test_fifth_counted_soft_error_quarantines() -> None:
-    s = run(*(soft(T0 + i * DAY) for i in range(4)))
-    assert (at(s, T0 + 3 * DAY).state, at(s, T0 + 3 * DAY).error_count) == (WITH_ERRORS, 4)
-    s = apply(s, *soft(T0 + 4 * DAY, UNDEF), POLICY)
-    v = at(s, T0 + 4 * DAY)
+    s = run(*(soft(UNALIGNED_2023 + i * DAY) for i in range(4)))
+    assert (at(s, UNALIGNED_2023 + 3 * DAY).state, at(s, UNALIGNED_2023 + 3 * DAY).error_count) == (
+        WITH_ERRORS,
+        4,
+    )
+    s = apply(s, *soft(UNALIGNED_2023 + 4 * DAY, UNDEF), POLICY)
+    v = at(s, UNALIGNED_2023 + 4 * DAY)
     assert (v.state, v.error_count, v.reason, v.quarantined_at) == (
         QUARANTINED,
         5,
         "Undefined",
-        T0 + 4 * DAY,
+        UNALIGNED_2023 + 4 * DAY,
     )
 
 
 def test_count_resets_after_ten_days_without_error() -> None:
     # The uncounted error at +12 h pushes the reset to +12 h + 10 days.
-    s = run(soft(T0), soft(T0 + 12 * H))
-    assert at(s, T0 + 12 * H + 10 * DAY - 1).state == WITH_ERRORS
-    v = at(s, T0 + 12 * H + 10 * DAY)
+    s = run(soft(UNALIGNED_2023), soft(UNALIGNED_2023 + 12 * H))
+    assert at(s, UNALIGNED_2023 + 12 * H + 10 * DAY - 1).state == WITH_ERRORS
+    v = at(s, UNALIGNED_2023 + 12 * H + 10 * DAY)
     assert (v.state, v.error_count, v.reason) == (VALID, 0, None)
     # A new error after the reset counts from one again.
-    s = apply(s, *soft(T0 + 11 * DAY), POLICY)
-    assert at(s, T0 + 11 * DAY).error_count == 1
+    s = apply(s, *soft(UNALIGNED_2023 + 11 * DAY), POLICY)
+    assert at(s, UNALIGNED_2023 + 11 * DAY).error_count == 1
 
 
 def test_success_resets_the_count() -> None:
-    s = run(soft(T0), soft(T0 + DAY), success(T0 + DAY + H))
-    v = at(s, T0 + DAY + H)
-    assert (v.state, v.error_count, v.last_success_at) == (VALID, 0, T0 + DAY + H)
+    s = run(soft(UNALIGNED_2023), soft(UNALIGNED_2023 + DAY), success(UNALIGNED_2023 + DAY + H))
+    v = at(s, UNALIGNED_2023 + DAY + H)
+    assert (v.state, v.error_count, v.last_success_at) == (VALID, 0, UNALIGNED_2023 + DAY + H)
     # After the reset the next error counts even within 24 h of the last counted one.
-    s = apply(s, *soft(T0 + DAY + 2 * H), POLICY)
-    assert at(s, T0 + DAY + 2 * H).error_count == 1
+    s = apply(s, *soft(UNALIGNED_2023 + DAY + 2 * H), POLICY)
+    assert at(s, UNALIGNED_2023 + DAY + 2 * H).error_count == 1
 
 
 def test_success_does_not_lift_a_quarantine() -> None:
-    s = run(hard(T0), success(T0 + H))
-    assert at(s, T0 + H).state == QUARANTINED
+    s = run(hard(UNALIGNED_2023), success(UNALIGNED_2023 + H))
+    assert at(s, UNALIGNED_2023 + H).state == QUARANTINED
 
 
 def test_complaint_denylists_for_good() -> None:
-    s = run(soft(T0), complaint(T0 + H), success(T0 + 2 * H), hard(T0 + 3 * H))
-    v = at(s, T0 + 100 * DAY)
-    assert (v.state, v.reason, v.denylisted_at) == (DENYLISTED, "Complaint", T0 + H)
+    s = run(
+        soft(UNALIGNED_2023),
+        complaint(UNALIGNED_2023 + H),
+        success(UNALIGNED_2023 + 2 * H),
+        hard(UNALIGNED_2023 + 3 * H),
+    )
+    v = at(s, UNALIGNED_2023 + 100 * DAY)
+    assert (v.state, v.reason, v.denylisted_at) == (DENYLISTED, "Complaint", UNALIGNED_2023 + H)
 
 
 def test_ignored_rate_limited_and_unqualified_replies_change_nothing() -> None:
     s = run(
-        soft(T0, IGNORED),
-        soft(T0 + DAY, RATE),
-        ("bounce", ev("async", T0 + 2 * DAY), None),
-        ("retry", ev("deferred", T0 + 3 * DAY), IGNORED),
+        soft(UNALIGNED_2023, IGNORED),
+        soft(UNALIGNED_2023 + DAY, RATE),
+        ("bounce", ev("async", UNALIGNED_2023 + 2 * DAY), None),
+        ("retry", ev("deferred", UNALIGNED_2023 + 3 * DAY), IGNORED),
     )
-    v = at(s, T0 + 3 * DAY)
+    v = at(s, UNALIGNED_2023 + 3 * DAY)
     assert (v.state, v.error_count, v.last_error_at) == (VALID, 0, None)
     assert s.entries == ()
 
 
 def test_deferrals_and_expiries_count_as_soft_errors() -> None:
     s = run(
-        ("retry", ev("deferred", T0, attempt=1), HARD),
-        ("retry", ev("expired", T0 + DAY), None),
+        ("retry", ev("deferred", UNALIGNED_2023, attempt=1), HARD),
+        ("retry", ev("expired", UNALIGNED_2023 + DAY), None),
     )
-    v = at(s, T0 + DAY)
+    v = at(s, UNALIGNED_2023 + DAY)
     assert (v.state, v.error_count, v.reason) == (WITH_ERRORS, 2, "Unreachable")
 
 
 def test_mailbox_full_quarantine_lifts_after_thirty_days() -> None:
-    s = run(*(soft(T0 + i * DAY, MAILBOX_FULL) for i in range(5)))
-    q_at = T0 + 4 * DAY
+    s = run(*(soft(UNALIGNED_2023 + i * DAY, MAILBOX_FULL) for i in range(5)))
+    q_at = UNALIGNED_2023 + 4 * DAY
     v = at(s, q_at)
     assert (v.state, v.lifts_at) == (QUARANTINED, q_at + 30 * DAY)
     assert at(s, q_at + 30 * DAY - 1).state == QUARANTINED
@@ -186,70 +195,76 @@ def test_mailbox_full_quarantine_lifts_after_thirty_days() -> None:
 
 
 def test_other_quarantines_do_not_lift() -> None:
-    s = run(*(soft(T0 + i * DAY, REFUSED) for i in range(5)))
-    assert at(s, T0 + 400 * DAY).state == QUARANTINED
+    s = run(*(soft(UNALIGNED_2023 + i * DAY, REFUSED) for i in range(5)))
+    assert at(s, UNALIGNED_2023 + 400 * DAY).state == QUARANTINED
 
 
 def test_late_success_between_errors_is_folded_in_event_time() -> None:
-    errors = [soft(T0 + i * DAY) for i in range(4)]
-    s = run(*errors, success(T0 + 2 * DAY + H))
+    errors = [soft(UNALIGNED_2023 + i * DAY) for i in range(4)]
+    s = run(*errors, success(UNALIGNED_2023 + 2 * DAY + H))
     # Day 0, 1, 2 counted, then the success resets, then day 3 counts once.
-    assert at(s, T0 + 3 * DAY).error_count == 1
+    assert at(s, UNALIGNED_2023 + 3 * DAY).error_count == 1
 
 
 def test_spacing_is_evaluated_in_event_time_not_arrival() -> None:
-    a, b, c = soft(T0), soft(T0 + 20 * H), soft(T0 + 30 * H)
-    # In event time: T0 counts, +20 h is too close, +30 h counts.
+    a, b, c = soft(UNALIGNED_2023), soft(UNALIGNED_2023 + 20 * H), soft(UNALIGNED_2023 + 30 * H)
+    # In event time: UNALIGNED_2023 counts, +20 h is too close, +30 h counts.
     for steps in ((a, b, c), (b, c, a), (c, a, b)):
-        assert at(run(*steps), T0 + 30 * H).error_count == 2
+        assert at(run(*steps), UNALIGNED_2023 + 30 * H).error_count == 2
 
 
 def test_duplicates_are_no_ops() -> None:
-    e = soft(T0)
+    e = soft(UNALIGNED_2023)
     once = run(e)
     assert run(e, e, e) == once
 
 
 def test_old_entries_fold_into_the_snapshot() -> None:
-    s = run(soft(T0), soft(T0 + 16 * DAY))
-    assert [e.time for e in s.entries] == [T0 + 16 * DAY]
-    assert s.watermark is not None and s.watermark[0] == T0
+    s = run(soft(UNALIGNED_2023), soft(UNALIGNED_2023 + 16 * DAY))
+    assert [e.time for e in s.entries] == [UNALIGNED_2023 + 16 * DAY]
+    assert s.watermark is not None and s.watermark[0] == UNALIGNED_2023
     assert (s.snapshot.state, s.snapshot.error_count) == (WITH_ERRORS, 1)
-    assert at(s, T0 + 16 * DAY).error_count == 1  # reset by the 10 days in between
+    assert at(s, UNALIGNED_2023 + 16 * DAY).error_count == 1  # reset by the 10 days in between
 
 
 def test_events_older_than_the_watermark() -> None:
-    base = (soft(T0 + 5 * DAY), soft(T0 + 21 * DAY))
+    base = (soft(UNALIGNED_2023 + 5 * DAY), soft(UNALIGNED_2023 + 21 * DAY))
     s = run(*base)
-    assert s.watermark is not None and s.watermark[0] == T0 + 5 * DAY
+    assert s.watermark is not None and s.watermark[0] == UNALIGNED_2023 + 5 * DAY
     # A late soft error or success behind the watermark is dropped ...
-    assert run(*base, soft(T0), success(T0 + H)) == s
+    assert run(*base, soft(UNALIGNED_2023), success(UNALIGNED_2023 + H)) == s
     # ... a late hard error or complaint still applies.
-    s = apply(s, *hard(T0), POLICY)
-    assert (at(s, T0 + 21 * DAY).state, at(s, T0 + 21 * DAY).quarantined_at) == (QUARANTINED, T0)
-    s = apply(s, *complaint(T0 + 1), POLICY)
-    assert at(s, T0 + 21 * DAY).state == DENYLISTED
+    s = apply(s, *hard(UNALIGNED_2023), POLICY)
+    assert (
+        at(s, UNALIGNED_2023 + 21 * DAY).state,
+        at(s, UNALIGNED_2023 + 21 * DAY).quarantined_at,
+    ) == (QUARANTINED, UNALIGNED_2023)
+    s = apply(s, *complaint(UNALIGNED_2023 + 1), POLICY)
+    assert at(s, UNALIGNED_2023 + 21 * DAY).state == DENYLISTED
 
 
 def test_state_stays_bounded_under_long_histories() -> None:
     s = None
     for i in range(3000):
-        t = T0 + i * 20 * 60_000  # every 20 minutes for ~42 days
+        t = UNALIGNED_2023 + i * 20 * 60_000  # every 20 minutes for ~42 days
         step = success(t) if i % 50 == 0 else soft(t, (REFUSED, MAILBOX_FULL, UNDEF)[i % 3])
         s = apply(s, *step, POLICY)
         assert len(s.entries) <= POLICY.max_entries
     assert s is not None
     assert len(json.dumps(s.to_dict())) < 6000
-    assert s.entries[-1].time == T0 + 2999 * 20 * 60_000
+    assert s.entries[-1].time == UNALIGNED_2023 + 2999 * 20 * 60_000
 
 
 def test_round_trip_through_json() -> None:
     s = run(
-        soft(T0), soft(T0 + 16 * DAY, MAILBOX_FULL), success(T0 + 17 * DAY), hard(T0 + 18 * DAY)
+        soft(UNALIGNED_2023),
+        soft(UNALIGNED_2023 + 16 * DAY, MAILBOX_FULL),
+        success(UNALIGNED_2023 + 17 * DAY),
+        hard(UNALIGNED_2023 + 18 * DAY),
     )
     back = AddressState.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back == s
-    v = at(s, T0 + 18 * DAY)
+    v = at(s, UNALIGNED_2023 + 18 * DAY)
     assert AddressView.from_dict(json.loads(json.dumps(v.to_dict()))) == v
 
 
@@ -273,7 +288,7 @@ def address_history(draw: st.DrawFn) -> list[Step]:
     events: list[Step] = []
     for n in range(draw(st.integers(1, 40))):
         t = (
-            T0
+            UNALIGNED_2023
             + draw(st.integers(0, 10 * DAY)) // H * H
             + draw(st.sampled_from([0, 1, 30 * 60_000]))
         )
@@ -303,7 +318,7 @@ def final_views(events: list[Step], policy: QuarantinePolicy) -> dict[str, Addre
     for family, event, q in events:
         r = event["recipient"]
         states[r] = apply(states.get(r), family, event, q, policy)
-    now = max((e["event_time"] for _, e, _ in events), default=T0)
+    now = max((e["event_time"] for _, e, _ in events), default=UNALIGNED_2023)
     return {r: view(s, now) for r, s in states.items()}
 
 
@@ -334,4 +349,4 @@ def test_default_policy_is_order_independent_too(case: tuple[list, list]) -> Non
 
 def test_unknown_family_is_rejected() -> None:
     with pytest.raises(ValueError):
-        apply(None, "bogus", ev("sync", T0), REFUSED, POLICY)
+        apply(None, "bogus", ev("sync", UNALIGNED_2023), REFUSED, POLICY)

@@ -1,4 +1,5 @@
 import pytest
+from factories import UNALIGNED_2023
 
 from streams.domain.control.automation import (
     AutomationError,
@@ -14,7 +15,6 @@ from streams.domain.control.reputation import Signal
 from streams.domain.control.throttle_controller import ThrottleController
 
 RULES = load_mx_rules()
-T0 = 1_700_000_000_000
 IP = "192.0.2.10"
 
 KUMO_SAMPLE = r"""
@@ -138,9 +138,9 @@ def test_kumo_threshold_rule_triggers_on_fifth_match_within_an_hour():
     minute = 60_000
     # Matches at 0, 20, 30, 40 and 70 min: never five within one hour.
     for t in (0, 20, 30, 40, 70):
-        assert ctl.on_signal(soft_signal(T0 + t * minute, reply)) == []
+        assert ctl.on_signal(soft_signal(UNALIGNED_2023 + t * minute, reply)) == []
     # At 75 min, five fall within the last hour (20, 30, 40, 70, 75).
-    fired = ctl.on_signal(soft_signal(T0 + 75 * minute, reply))
+    fired = ctl.on_signal(soft_signal(UNALIGNED_2023 + 75 * minute, reply))
     assert [(s.key, s.max_rate_per_hour, s.mode) for s in fired] == [
         (f"ip_group:{IP}|google", 1000, "backoff")
     ]
@@ -153,11 +153,11 @@ def test_kumo_yahoo_suspend_is_immediate_and_scoped_to_ip():
         kumo = load_kumo_shaping(KUMO_SAMPLE)
     ctl = ThrottleController(RULES, kumo)
     reply = "421 4.7.0 [TSS04] Messages from 192.0.2.10 temporarily deferred"
-    out = ctl.on_signal(soft_signal(T0, reply, "yahoo.com", "yahoo"))
+    out = ctl.on_signal(soft_signal(UNALIGNED_2023, reply, "yahoo.com", "yahoo"))
     yahoo = [s for s in out if s.mode == "suspended"]
     assert len(yahoo) == 1
     assert yahoo[0].key == f"ip_group:{IP}|yahoo"
-    assert yahoo[0].suspended_until == T0 + 2 * 3600_000
+    assert yahoo[0].suspended_until == UNALIGNED_2023 + 2 * 3600_000
 
 
 def test_kumo_rule_without_ip_falls_back_to_group_key():
@@ -165,7 +165,7 @@ def test_kumo_rule_without_ip_falls_back_to_group_key():
         kumo = load_kumo_shaping(KUMO_SAMPLE)
     ctl = ThrottleController(RULES, kumo)
     reply = "421 4.7.0 [TSS04] deferred"
-    out = ctl.on_signal(soft_signal(T0, reply, "yahoo.com", "yahoo", ip=None))
+    out = ctl.on_signal(soft_signal(UNALIGNED_2023, reply, "yahoo.com", "yahoo", ip=None))
     assert [(s.key, s.mode) for s in out] == [("group:yahoo", "suspended")]
 
 

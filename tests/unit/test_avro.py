@@ -3,18 +3,13 @@ import struct
 
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from factories import event
 
 from streams.runtime.codec import Codec, DecodeError, load_schema_json, schema_fingerprint
 
-EVENT = {
-    "event_id": "e1",
-    "event_time": 1_767_225_600_000,
-    "delivery_id": "D1",
-    "message_id": "M1",
-    "recipient": "someone@example.org",
-    "kind": "relayed",
-    "validity_seconds": 3600,
-}
+EVENT = event(
+    "M1", "relayed", event_id="e1", recipient="someone@example.org", validity_seconds=3600
+)
 
 
 def test_single_object_round_trip_keeps_times_as_ms():

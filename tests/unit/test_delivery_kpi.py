@@ -7,7 +7,9 @@ import json
 import zlib
 from dataclasses import fields
 
+import factories
 import pytest
+from factories import UNALIGNED_2023
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,6 @@ from streams.domain.types import Qualification
 
 H = 3_600_000
 DAY = 24 * H
-T0 = 1_700_000_000_000
 POLICY = ValidityPolicy()
 
 TAKEN = MessageView(status=TAKEN_INTO_ACCOUNT)
@@ -154,18 +155,11 @@ def message_history(draw: st.DrawFn, delivery: str, mid: str) -> list[Step]:
     events: list[Step] = []
 
     def add(family: str, kind: str, t: int, q: Qualification | None = None, **kw: object) -> None:
-        event = {
-            "event_id": f"{mid}-{next(seq)}",
-            "event_time": t,
-            "delivery_id": delivery,
-            "message_id": mid,
-            "recipient": f"{mid}@example.com",
-            "kind": kind,
-            **kw,
-        }
-        events.append((family, event, q))
+        fields = {"event_id": f"{mid}-{next(seq)}", "delivery_id": delivery}
+        fields = {**fields, "recipient": f"{mid}@example.com", **kw}
+        events.append((family, factories.event(mid, kind, t, start=0, **fields), q))
 
-    t = T0 + draw(st.integers(0, DAY))
+    t = UNALIGNED_2023 + draw(st.integers(0, DAY))
     validity = draw(st.sampled_from([None, 3600, 86_400, 10 * 86_400, -1]))
     add("send", "relayed", t, validity_seconds=validity)
     for attempt in range(1, draw(st.integers(0, 4)) + 1):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 
+import factories
 import pytest
+from factories import UNALIGNED_2023
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,6 @@ from streams.domain.types import Qualification
 
 H = 3_600_000
 DAY = 24 * H
-T0 = 1_700_000_000_000
 POLICY = ValidityPolicy()
 MAX_VALIDITY = 84 * H  # 3.5 days
 
@@ -39,15 +40,10 @@ IGNORED = Qualification("ignored", "Greylisted", 40, "r-greylist")
 
 
 def ev(kind: str, t: int, eid: str | None = None, mid: str = "m1", **kw: object) -> dict:
-    return {
-        "event_id": eid or f"{mid}-{kind}-{t}",
-        "event_time": t,
-        "delivery_id": "d1",
-        "message_id": mid,
-        "recipient": "someone@example.com",
-        "kind": kind,
-        **kw,
-    }
+    """The shared event at the absolute time ``t``: delivery d1, one recipient for all."""
+    fields = {"event_id": eid} if eid else {}
+    fields = {**fields, "delivery_id": "d1", "recipient": "someone@example.com", **kw}
+    return factories.event(mid, kind, t, start=0, **fields)
 
 
 def run(*steps: tuple[str, dict, Qualification | None]) -> MessageState:
@@ -58,7 +54,7 @@ def run(*steps: tuple[str, dict, Qualification | None]) -> MessageState:
     return state
 
 
-def relayed(t: int = T0, **kw: object) -> tuple[str, dict, None]:
+def relayed(t: int = UNALIGNED_2023, **kw: object) -> tuple[str, dict, None]:
     return ("send", ev("relayed", t, **kw), None)
 
 
@@ -78,13 +74,13 @@ def retry(kind: str, t: int, q: Qualification | None = None, **kw: object) -> tu
 
 
 def test_relayed_is_taken_into_account() -> None:
-    v = view(run(relayed()), T0)
+    v = view(run(relayed()), UNALIGNED_2023)
     assert v == MessageView(status=TAKEN_INTO_ACCOUNT)
     assert not is_terminal(v)
 
 
 def test_delivered_is_sent() -> None:
-    v = view(run(relayed(), delivered(T0 + H)), T0 + H)
+    v = view(run(relayed(), delivered(UNALIGNED_2023 + H)), UNALIGNED_2023 + H)
     assert v.status == SENT
     assert v.failure_type is None and v.failure_reason is None
     assert is_terminal(v)
@@ -92,21 +88,23 @@ def test_delivered_is_sent() -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_hard_bounce_fails_with_type_and_reason(kind: str) -> None:
-    v = view(run(relayed(), bounce(kind, T0 + H, HARD, attempt=1)), T0 + H)
+    v = view(run(relayed(), bounce(kind, UNALIGNED_2023 + H, HARD, attempt=1)), UNALIGNED_2023 + H)
     assert (v.status, v.failure_type, v.failure_reason) == (FAILED, "hard", "User unknown")
     assert (v.bounce_class, v.rule, v.attempts) == (10, "r-user-unknown", 1)
     assert v.has_error
 
 
 def test_first_hard_bounce_gives_the_reason_whatever_the_arrival() -> None:
-    a = bounce("sync", T0 + 2 * H, HARD2, eid="b2")
-    b = bounce("sync", T0 + H, HARD, eid="b1")
-    assert view(run(relayed(), a, b), T0 + 2 * H).failure_reason == "User unknown"
-    assert view(run(b, relayed(), a), T0 + 2 * H).failure_reason == "User unknown"
+    a = bounce("sync", UNALIGNED_2023 + 2 * H, HARD2, eid="b2")
+    b = bounce("sync", UNALIGNED_2023 + H, HARD, eid="b1")
+    assert view(run(relayed(), a, b), UNALIGNED_2023 + 2 * H).failure_reason == "User unknown"
+    assert view(run(b, relayed(), a), UNALIGNED_2023 + 2 * H).failure_reason == "User unknown"
 
 
 def test_soft_bounce_keeps_status_and_updates_reason_and_attempts() -> None:
-    v = view(run(relayed(), bounce("sync", T0 + H, SOFT, attempt=1)), T0 + H)
+    v = view(
+        run(relayed(), bounce("sync", UNALIGNED_2023 + H, SOFT, attempt=1)), UNALIGNED_2023 + H
+    )
     assert v.status == TAKEN_INTO_ACCOUNT
     assert (v.failure_type, v.failure_reason, v.bounce_class, v.rule) == (
         "soft",
@@ -118,15 +116,15 @@ def test_soft_bounce_keeps_status_and_updates_reason_and_attempts() -> None:
 
 
 def test_last_soft_error_is_the_latest_in_event_time() -> None:
-    late_newer = bounce("sync", T0 + 3 * H, SOFT2, attempt=2)
-    older = bounce("sync", T0 + H, SOFT, attempt=1)
-    v = view(run(relayed(), late_newer, older), T0 + 3 * H)
+    late_newer = bounce("sync", UNALIGNED_2023 + 3 * H, SOFT2, attempt=2)
+    older = bounce("sync", UNALIGNED_2023 + H, SOFT, attempt=1)
+    v = view(run(relayed(), late_newer, older), UNALIGNED_2023 + 3 * H)
     assert v.failure_reason == "Refused"
     assert v.attempts == 2
 
 
 def test_undefined_bounce_is_recorded_as_undefined_error() -> None:
-    v = view(run(relayed(), bounce("sync", T0 + H, UNDEF)), T0 + H)
+    v = view(run(relayed(), bounce("sync", UNALIGNED_2023 + H, UNDEF)), UNALIGNED_2023 + H)
     assert (v.status, v.failure_type, v.failure_reason) == (
         TAKEN_INTO_ACCOUNT,
         "undefined",
@@ -135,35 +133,51 @@ def test_undefined_bounce_is_recorded_as_undefined_error() -> None:
 
 
 def test_ignored_bounce_only_counts_the_attempt() -> None:
-    v = view(run(relayed(), bounce("sync", T0 + H, IGNORED, attempt=3)), T0 + H)
+    v = view(
+        run(relayed(), bounce("sync", UNALIGNED_2023 + H, IGNORED, attempt=3)), UNALIGNED_2023 + H
+    )
     assert v == MessageView(status=TAKEN_INTO_ACCOUNT, attempts=3)
 
 
 def test_unqualified_bounce_is_an_error_without_reason() -> None:
-    v = view(run(relayed(), bounce("sync", T0 + H, None)), T0 + H)
+    v = view(run(relayed(), bounce("sync", UNALIGNED_2023 + H, None)), UNALIGNED_2023 + H)
     assert v.status == TAKEN_INTO_ACCOUNT and v.has_error and v.failure_reason is None
 
 
 def test_deferral_updates_attempts_next_attempt_and_reason() -> None:
     s = run(
         relayed(),
-        retry("deferred", T0 + H, SOFT2, attempt=1, next_attempt_time=T0 + 2 * H),
+        retry(
+            "deferred",
+            UNALIGNED_2023 + H,
+            SOFT2,
+            attempt=1,
+            next_attempt_time=UNALIGNED_2023 + 2 * H,
+        ),
     )
-    v = view(s, T0 + H)
-    assert (v.status, v.attempts, v.next_attempt_time) == (TAKEN_INTO_ACCOUNT, 1, T0 + 2 * H)
+    v = view(s, UNALIGNED_2023 + H)
+    assert (v.status, v.attempts, v.next_attempt_time) == (
+        TAKEN_INTO_ACCOUNT,
+        1,
+        UNALIGNED_2023 + 2 * H,
+    )
     assert (v.failure_type, v.failure_reason) == ("soft", "Refused")
 
 
 def test_latest_deferral_sets_next_attempt_in_any_order() -> None:
-    d1 = retry("deferred", T0 + H, attempt=1, next_attempt_time=T0 + 2 * H)
-    d2 = retry("deferred", T0 + 2 * H, attempt=2, next_attempt_time=T0 + 4 * H)
+    d1 = retry("deferred", UNALIGNED_2023 + H, attempt=1, next_attempt_time=UNALIGNED_2023 + 2 * H)
+    d2 = retry(
+        "deferred", UNALIGNED_2023 + 2 * H, attempt=2, next_attempt_time=UNALIGNED_2023 + 4 * H
+    )
     for steps in ((relayed(), d1, d2), (d2, relayed(), d1)):
-        v = view(run(*steps), T0 + 2 * H)
-        assert (v.attempts, v.next_attempt_time) == (2, T0 + 4 * H)
+        v = view(run(*steps), UNALIGNED_2023 + 2 * H)
+        assert (v.attempts, v.next_attempt_time) == (2, UNALIGNED_2023 + 4 * H)
 
 
 def test_deferral_with_hard_reply_is_not_a_failure() -> None:
-    v = view(run(relayed(), retry("deferred", T0 + H, HARD, attempt=1)), T0 + H)
+    v = view(
+        run(relayed(), retry("deferred", UNALIGNED_2023 + H, HARD, attempt=1)), UNALIGNED_2023 + H
+    )
     assert (v.status, v.failure_type, v.failure_reason) == (
         TAKEN_INTO_ACCOUNT,
         "soft",
@@ -172,13 +186,20 @@ def test_deferral_with_hard_reply_is_not_a_failure() -> None:
 
 
 def test_deferral_with_ignored_reply_is_not_an_error() -> None:
-    v = view(run(relayed(), retry("deferred", T0 + H, IGNORED, attempt=1)), T0 + H)
+    v = view(
+        run(relayed(), retry("deferred", UNALIGNED_2023 + H, IGNORED, attempt=1)),
+        UNALIGNED_2023 + H,
+    )
     assert not v.has_error and v.failure_reason is None and v.attempts == 1
 
 
 def test_expired_fails_soft_with_last_reason() -> None:
-    s = run(relayed(), retry("deferred", T0 + H, SOFT), retry("expired", T0 + 2 * H))
-    v = view(s, T0 + 2 * H)
+    s = run(
+        relayed(),
+        retry("deferred", UNALIGNED_2023 + H, SOFT),
+        retry("expired", UNALIGNED_2023 + 2 * H),
+    )
+    v = view(s, UNALIGNED_2023 + 2 * H)
     assert (v.status, v.failure_type, v.failure_reason, v.rule) == (
         FAILED,
         "soft",
@@ -189,12 +210,12 @@ def test_expired_fails_soft_with_last_reason() -> None:
 
 
 def test_expired_without_reason_is_unreachable() -> None:
-    v = view(run(relayed(), retry("expired", T0 + H)), T0 + H)
+    v = view(run(relayed(), retry("expired", UNALIGNED_2023 + H)), UNALIGNED_2023 + H)
     assert (v.status, v.failure_type, v.failure_reason) == (FAILED, "soft", UNREACHABLE)
 
 
 def test_expired_reply_qualification_gives_the_reason() -> None:
-    v = view(run(relayed(), retry("expired", T0 + H, SOFT2)), T0 + H)
+    v = view(run(relayed(), retry("expired", UNALIGNED_2023 + H, SOFT2)), UNALIGNED_2023 + H)
     assert (v.failure_type, v.failure_reason) == ("soft", "Refused")
 
 
@@ -212,111 +233,122 @@ def test_expired_reply_qualification_gives_the_reason() -> None:
 )
 def test_effective_validity_is_clamped(requested: int | None, expected_ms: int) -> None:
     assert POLICY.effective_ms(requested) == expected_ms
-    assert deadline(run(relayed(validity_seconds=requested))) == T0 + expected_ms
+    assert deadline(run(relayed(validity_seconds=requested))) == UNALIGNED_2023 + expected_ms
 
 
 def test_clock_past_deadline_fails_soft() -> None:
-    s = run(relayed(validity_seconds=3600), bounce("sync", T0 + 10, SOFT2))
-    assert view(s, T0 + H).status == TAKEN_INTO_ACCOUNT  # at the deadline: not yet
-    v = view(s, T0 + H + 1)
+    s = run(relayed(validity_seconds=3600), bounce("sync", UNALIGNED_2023 + 10, SOFT2))
+    assert view(s, UNALIGNED_2023 + H).status == TAKEN_INTO_ACCOUNT  # at the deadline: not yet
+    v = view(s, UNALIGNED_2023 + H + 1)
     assert (v.status, v.failure_type, v.failure_reason) == (FAILED, "soft", "Refused")
 
 
 def test_clock_expiry_without_error_is_unreachable() -> None:
-    v = view(run(relayed()), T0 + MAX_VALIDITY + 1)
+    v = view(run(relayed()), UNALIGNED_2023 + MAX_VALIDITY + 1)
     assert (v.status, v.failure_reason) == (FAILED, UNREACHABLE)
 
 
 def test_view_clock_never_precedes_the_facts() -> None:
-    s = run(relayed(validity_seconds=60), retry("deferred", T0 + H))
+    s = run(relayed(validity_seconds=60), retry("deferred", UNALIGNED_2023 + H))
     assert view(s, 0).status == FAILED
 
 
 def test_late_delivery_before_deadline_is_success() -> None:
-    s = run(relayed(validity_seconds=3600), retry("deferred", T0 + 2 * H))
-    assert view(s, T0 + 2 * H).status == FAILED
-    s = apply(s, *delivered(T0 + H - 1), POLICY)
-    assert view(s, T0 + 2 * H).status == SENT
+    s = run(relayed(validity_seconds=3600), retry("deferred", UNALIGNED_2023 + 2 * H))
+    assert view(s, UNALIGNED_2023 + 2 * H).status == FAILED
+    s = apply(s, *delivered(UNALIGNED_2023 + H - 1), POLICY)
+    assert view(s, UNALIGNED_2023 + 2 * H).status == SENT
 
 
 def test_delivery_after_deadline_is_a_validity_overrun() -> None:
-    s = run(relayed(validity_seconds=3600), delivered(T0 + H + 1))
-    v = view(s, T0 + H + 1)
+    s = run(relayed(validity_seconds=3600), delivered(UNALIGNED_2023 + H + 1))
+    v = view(s, UNALIGNED_2023 + H + 1)
     assert (v.status, v.failure_type, v.failure_reason) == (FAILED, "soft", UNREACHABLE)
 
 
 def test_delivery_after_mta_expiry_does_not_regress() -> None:
-    s = run(relayed(), retry("expired", T0 + H), delivered(T0 + 2 * H))
-    assert view(s, T0 + 2 * H).status == FAILED
+    s = run(relayed(), retry("expired", UNALIGNED_2023 + H), delivered(UNALIGNED_2023 + 2 * H))
+    assert view(s, UNALIGNED_2023 + 2 * H).status == FAILED
 
 
 def test_async_hard_bounce_after_sent_fails() -> None:
-    s = run(relayed(), delivered(T0 + H), bounce("async", T0 + DAY, HARD))
-    v = view(s, T0 + DAY)
+    s = run(relayed(), delivered(UNALIGNED_2023 + H), bounce("async", UNALIGNED_2023 + DAY, HARD))
+    v = view(s, UNALIGNED_2023 + DAY)
     assert (v.status, v.failure_type, v.failure_reason) == (FAILED, "hard", "User unknown")
 
 
 def test_sync_hard_bounce_after_sent_changes_nothing() -> None:
-    s = run(relayed(), delivered(T0 + H), bounce("sync", T0 + 2 * H, HARD))
-    assert view(s, T0 + 2 * H).status == SENT
+    s = run(relayed(), delivered(UNALIGNED_2023 + H), bounce("sync", UNALIGNED_2023 + 2 * H, HARD))
+    assert view(s, UNALIGNED_2023 + 2 * H).status == SENT
 
 
 def test_delivery_after_hard_failure_does_not_regress() -> None:
-    s = run(relayed(), bounce("sync", T0 + H, HARD), delivered(T0 + 2 * H))
-    v = view(s, T0 + 2 * H)
+    s = run(relayed(), bounce("sync", UNALIGNED_2023 + H, HARD), delivered(UNALIGNED_2023 + 2 * H))
+    v = view(s, UNALIGNED_2023 + 2 * H)
     assert (v.status, v.failure_type) == (FAILED, "hard")
 
 
 def test_soft_async_bounce_after_sent_keeps_sent() -> None:
-    s = run(relayed(), delivered(T0 + H), bounce("async", T0 + 2 * H, SOFT))
-    assert view(s, T0 + 2 * H).status == SENT
+    s = run(relayed(), delivered(UNALIGNED_2023 + H), bounce("async", UNALIGNED_2023 + 2 * H, SOFT))
+    assert view(s, UNALIGNED_2023 + 2 * H).status == SENT
 
 
 def test_complaint_keeps_sent_and_records_it() -> None:
-    s = run(relayed(), delivered(T0 + H), bounce("complaint", T0 + DAY, None))
-    v = view(s, T0 + DAY)
+    s = run(
+        relayed(), delivered(UNALIGNED_2023 + H), bounce("complaint", UNALIGNED_2023 + DAY, None)
+    )
+    v = view(s, UNALIGNED_2023 + DAY)
     assert (v.status, v.complained, v.has_error) == (SENT, True, False)
 
 
 def test_late_relayed_or_deferral_after_sent_changes_nothing_but_the_error_flag() -> None:
-    s = run(relayed(), delivered(T0 + H))
-    before = view(s, T0 + H)
-    s = apply(s, *relayed(T0 + 10), POLICY)
-    assert view(s, T0 + H) == before
-    s = apply(s, *retry("deferred", T0 + 20, SOFT, attempt=1, next_attempt_time=T0 + H), POLICY)
-    after = view(s, T0 + H)
+    s = run(relayed(), delivered(UNALIGNED_2023 + H))
+    before = view(s, UNALIGNED_2023 + H)
+    s = apply(s, *relayed(UNALIGNED_2023 + 10), POLICY)
+    assert view(s, UNALIGNED_2023 + H) == before
+    s = apply(
+        s,
+        *retry(
+            "deferred", UNALIGNED_2023 + 20, SOFT, attempt=1, next_attempt_time=UNALIGNED_2023 + H
+        ),
+        POLICY,
+    )
+    after = view(s, UNALIGNED_2023 + H)
     # The deferral happened before the delivery: in-order processing counted it too.
     assert after == MessageView(status=SENT, attempts=1, has_error=True)
 
 
 def test_message_seen_only_through_a_bounce_is_tracked() -> None:
-    s = run(bounce("sync", T0 + H, SOFT, attempt=1))
-    assert view(s, T0 + H).status == TAKEN_INTO_ACCOUNT
-    assert deadline(s) == T0 + H + MAX_VALIDITY  # anchored on the first event seen
-    s = apply(s, *relayed(T0), POLICY)
-    assert deadline(s) == T0 + MAX_VALIDITY  # the relay time wins once known
+    s = run(bounce("sync", UNALIGNED_2023 + H, SOFT, attempt=1))
+    assert view(s, UNALIGNED_2023 + H).status == TAKEN_INTO_ACCOUNT
+    assert deadline(s) == UNALIGNED_2023 + H + MAX_VALIDITY  # anchored on the first event seen
+    s = apply(s, *relayed(UNALIGNED_2023), POLICY)
+    assert deadline(s) == UNALIGNED_2023 + MAX_VALIDITY  # the relay time wins once known
 
 
 def test_deadline_is_none_once_facts_decide() -> None:
-    assert deadline(run(relayed(), delivered(T0 + H))) is None
-    assert deadline(run(relayed(), bounce("sync", T0 + H, HARD))) is None
-    assert deadline(run(relayed(), retry("expired", T0 + H))) is None
+    assert deadline(run(relayed(), delivered(UNALIGNED_2023 + H))) is None
+    assert deadline(run(relayed(), bounce("sync", UNALIGNED_2023 + H, HARD))) is None
+    assert deadline(run(relayed(), retry("expired", UNALIGNED_2023 + H))) is None
     # Undecided: the clock decides at the deadline ...
-    assert deadline(run(relayed(validity_seconds=60), retry("deferred", T0 + 1000))) == T0 + 60_000
+    assert (
+        deadline(run(relayed(validity_seconds=60), retry("deferred", UNALIGNED_2023 + 1000)))
+        == UNALIGNED_2023 + 60_000
+    )
     # ... unless the message's own events are already past it (its view already failed).
-    assert deadline(run(relayed(validity_seconds=60), delivered(T0 + H))) is None
+    assert deadline(run(relayed(validity_seconds=60), delivered(UNALIGNED_2023 + H))) is None
 
 
 def test_validity_comes_from_the_earliest_send_event_stating_one() -> None:
-    a = relayed(T0, validity_seconds=3600, eid="r1")
-    b = relayed(T0 + 10, validity_seconds=60, eid="r2")
-    assert deadline(run(b, a)) == deadline(run(a, b)) == T0 + H
+    a = relayed(UNALIGNED_2023, validity_seconds=3600, eid="r1")
+    b = relayed(UNALIGNED_2023 + 10, validity_seconds=60, eid="r2")
+    assert deadline(run(b, a)) == deadline(run(a, b)) == UNALIGNED_2023 + H
 
 
 def test_apply_does_not_mutate_its_input() -> None:
     s = run(relayed())
     before = s.to_dict()
-    apply(s, *delivered(T0 + H), POLICY)
+    apply(s, *delivered(UNALIGNED_2023 + H), POLICY)
     assert s.to_dict() == before
 
 
@@ -326,22 +358,28 @@ def test_apply_does_not_mutate_its_input() -> None:
 )
 def test_unknown_family_or_kind_is_rejected(family: str, kind: str) -> None:
     with pytest.raises(ValueError):
-        apply(None, family, ev(kind, T0), None, POLICY)
+        apply(None, family, ev(kind, UNALIGNED_2023), None, POLICY)
 
 
 def test_round_trip_through_json() -> None:
     s = run(
         relayed(validity_seconds=7200),
-        retry("deferred", T0 + H, SOFT, attempt=1, next_attempt_time=T0 + 2 * H),
-        bounce("sync", T0 + 2 * H, HARD, attempt=2),
-        bounce("async", T0 + 3 * H, HARD2),
-        delivered(T0 + 90 * 60_000),
-        bounce("complaint", T0 + 4 * H, None),
-        retry("expired", T0 + 5 * H),
+        retry(
+            "deferred",
+            UNALIGNED_2023 + H,
+            SOFT,
+            attempt=1,
+            next_attempt_time=UNALIGNED_2023 + 2 * H,
+        ),
+        bounce("sync", UNALIGNED_2023 + 2 * H, HARD, attempt=2),
+        bounce("async", UNALIGNED_2023 + 3 * H, HARD2),
+        delivered(UNALIGNED_2023 + 90 * 60_000),
+        bounce("complaint", UNALIGNED_2023 + 4 * H, None),
+        retry("expired", UNALIGNED_2023 + 5 * H),
     )
     back = MessageState.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back == s
-    v = view(s, T0 + 5 * H)
+    v = view(s, UNALIGNED_2023 + 5 * H)
     assert MessageView.from_dict(json.loads(json.dumps(v.to_dict()))) == v
 
 
@@ -351,10 +389,16 @@ def test_state_size_is_bounded_under_long_histories() -> None:
     for i in range(2000):
         q = (SOFT, SOFT2, UNDEF, IGNORED)[i % 4]
         family, kind = ("retry", "deferred") if i % 2 else ("bounce", "sync")
-        s = apply(s, family, ev(kind, T0 + i * 60_000, attempt=i, next_attempt_time=T0), q, POLICY)
+        s = apply(
+            s,
+            family,
+            ev(kind, UNALIGNED_2023 + i * 60_000, attempt=i, next_attempt_time=UNALIGNED_2023),
+            q,
+            POLICY,
+        )
         sizes.append(len(json.dumps(s.to_dict())))
     assert max(sizes) < 1500
-    assert view(s, T0).attempts == 1999
+    assert view(s, UNALIGNED_2023).attempts == 1999
 
 
 # --- order independence ------------------------------------------------------------
@@ -372,7 +416,7 @@ def message_history(draw: st.DrawFn, mid: str) -> list[tuple[str, dict, Qualific
     def add(family: str, kind: str, t: int, q: Qualification | None = None, **kw: object) -> None:
         events.append((family, ev(kind, t, eid=f"{mid}-{next(seq)}", mid=mid, **kw), q))
 
-    t = T0 + draw(st.integers(0, 2 * DAY))
+    t = UNALIGNED_2023 + draw(st.integers(0, 2 * DAY))
     if draw(st.integers(0, 9)):  # occasionally the relay event is lost
         add("send", "relayed", t, validity_seconds=draw(VALIDITIES))
     else:

@@ -1,6 +1,8 @@
 """The pipeline steps over dict state: redelivery, time, KPI reconciliation, retention."""
 
 import pytest
+from factories import JAN_2026
+from factories import event as ev
 
 from streams.domain.bounce.qualifier import default_qualifier
 from streams.domain.control.mx_rules import load_mx_rules
@@ -9,20 +11,7 @@ from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
 from streams.pipeline.kpi import KpiAggregator
 from streams.pipeline.records import signal_output
 
-T0 = 1_767_225_600_000
 H = 3_600_000
-
-
-def ev(mid, kind, t, **extra):
-    return {
-        "event_id": f"{mid}-{kind}-{t}",
-        "event_time": T0 + t,
-        "delivery_id": "D1",
-        "message_id": mid,
-        "recipient": f"{mid.lower()}@example.org",
-        "kind": kind,
-        **extra,
-    }
 
 
 def processor(messages=None, parts=None, **config):
@@ -61,12 +50,12 @@ def test_kpi_partials_are_published_once_per_tick_with_the_summed_change():
         fp.process("send", ev(f"M{i}", "relayed", i), 0, i)
         fp.process("send", ev(f"M{i}", "delivered", 100 + i), 0, 100 + i)
     fp.process("send", {**ev("X1", "relayed", 0), "delivery_id": "D2"}, 1, 1)
-    out = fp.tick(T0 + 200, 0, 300)
+    out = fp.tick(JAN_2026 + 200, 0, 300)
     assert topics(out) == ["kpi-part"]  # one for D1 in partition 0; D2 waits for its own tick
     assert out[0].value["c"]["to_deliver"] == 50 and out[0].value["c"]["sent"] == 50
     assert out[0].value["v"] == 1 and parts["D1|0"]["c"] == out[0].value["c"]
-    assert [o.value["delivery_id"] for o in fp.tick(T0 + 200, 1, 2)] == ["D2"]
-    assert fp.tick(T0 + 300, 0, 301) == []
+    assert [o.value["delivery_id"] for o in fp.tick(JAN_2026 + 200, 1, 2)] == ["D2"]
+    assert fp.tick(JAN_2026 + 300, 0, 301) == []
 
 
 def test_pending_kpi_changes_lost_in_a_rebalance_are_redone_by_reconciliation():
@@ -77,7 +66,7 @@ def test_pending_kpi_changes_lost_in_a_rebalance_are_redone_by_reconciliation():
     fp.process("send", ev("M1", "delivered", 1), 0, 2)
     fp.process("send", ev("M2", "relayed", 2), 0, 3)
     fp.reset_indexes()  # the partition was revoked before its tick and comes back
-    out = fp.tick(T0 + 10, 0, 4)
+    out = fp.tick(JAN_2026 + 10, 0, 4)
     assert [o.value["c"]["to_deliver"] for o in out if o.topic == "kpi-part"] == [2]
     assert parts["D1|0"]["c"]["sent"] == 1
 
@@ -86,9 +75,9 @@ def test_the_clock_fails_a_message_when_its_validity_runs_out():
     fp = processor()
     fp.process("send", ev("M1", "relayed", 0, validity_seconds=3600), 0, 1)
     fp.process("retry", ev("M1", "deferred", 10, attempt=1, smtp_code=451), 0, 1)
-    first = fp.tick(T0 + H, 0, 1)  # exactly at the deadline nothing has happened yet
+    first = fp.tick(JAN_2026 + H, 0, 1)  # exactly at the deadline nothing has happened yet
     assert topics(first) == ["kpi-part"] and first[0].value["c"]["failed_soft"] == 0
-    out = fp.tick(T0 + H + 1, 0, 2)
+    out = fp.tick(JAN_2026 + H + 1, 0, 2)
     status = [o.value for o in out if o.topic == "status"]
     assert status[0]["status"] == "failed"
     assert status[0]["failure_type"] == "soft"
@@ -99,17 +88,17 @@ def test_a_restarted_worker_takes_up_the_clock_its_predecessors_stored():
     clocks = {}
     before = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
     before.process("send", ev("M1", "relayed", 50), 0, 1)
-    before.tick(T0 + 100, 1, 7)  # a tick of another worker, carrying its clock
-    before.tick(T0 + 20, 0, 8)  # an older tick moves nothing back
-    assert clocks == {"1": T0 + 100, "0": T0 + 100}
+    before.tick(JAN_2026 + 100, 1, 7)  # a tick of another worker, carrying its clock
+    before.tick(JAN_2026 + 20, 0, 8)  # an older tick moves nothing back
+    assert clocks == {"1": JAN_2026 + 100, "0": JAN_2026 + 100}
     # Its input and ticks are committed: a new worker reads nothing that carries the time.
     after = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
     assert after.clock == 0
     after.restore_clock()
-    assert after.clock == T0 + 100
+    assert after.clock == JAN_2026 + 100
     after.process("send", ev("M2", "relayed", 200), 0, 2)
     after.restore_clock()  # never back
-    assert after.clock == T0 + 200
+    assert after.clock == JAN_2026 + 200
 
 
 def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
@@ -135,13 +124,13 @@ def test_retention_removes_final_messages_but_keeps_their_counts():
     fp = processor(messages, parts, message_retention_ms=H)
     fp.process("send", ev("M1", "relayed", 0), 0, 1)
     fp.process("send", ev("M1", "delivered", 10), 0, 2)
-    fp.tick(T0 + 2 * H, 0, 3)
+    fp.tick(JAN_2026 + 2 * H, 0, 3)
     assert "M1" not in messages
     assert parts["D1|0"]["c"]["sent"] == 1
     assert parts["D1|0"]["r"]["sent"] == 1
     # A restart reconciles to the same counts: the retired contribution is remembered.
     restarted = processor(messages, parts)
-    restarted.tick(T0 + 2 * H, 0, 4)
+    restarted.tick(JAN_2026 + 2 * H, 0, 4)
     assert parts["D1|0"]["c"]["sent"] == 1
 
 
@@ -149,21 +138,21 @@ def test_the_aggregator_sums_partitions_and_ignores_older_versions():
     sums = {}
     agg = KpiAggregator(sums)
     c = {"to_deliver": 2, "sent": 1, "taken_into_account": 1}
-    out = agg.process({"delivery_id": "D1", "partition": 0, "v": 2, "c": c}, T0, 10)
+    out = agg.process({"delivery_id": "D1", "partition": 0, "v": 2, "c": c}, JAN_2026, 10)
     assert out[0].value["to_deliver"] == 2
-    out = agg.process({"delivery_id": "D1", "partition": 1, "v": 1, "c": c}, T0, 11)
+    out = agg.process({"delivery_id": "D1", "partition": 1, "v": 1, "c": c}, JAN_2026, 11)
     assert out[0].value["to_deliver"] == 4
     assert out[0].value["success_pct"] == 50.0
     stale = {"delivery_id": "D1", "partition": 0, "v": 1, "c": {"to_deliver": 9}}
-    assert agg.process(stale, T0, 12) == []
+    assert agg.process(stale, JAN_2026, 12) == []
     # Redelivered (offset at or below the last change): republished, same version.
-    again = agg.process(stale, T0, 11)
+    again = agg.process(stale, JAN_2026, 11)
     assert again[0].value["version"] == 2
     assert again[0].value["to_deliver"] == 4
 
 
 STREAMS = ["retry:0", "retry:2", "retry:3"]
-END = T0 + 10 * H
+END = JAN_2026 + 10 * H
 
 
 def _control(rules, windows=None, settings=None, sequences=None):
@@ -200,9 +189,9 @@ def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step
     # Nothing is decided before every input stream has moved past the signals.
     assert control.release(0).outputs == []
     assert control.waiting() == {0: (5, "retry:2", -1)}  # retry:2 never heard of
-    control.claim(0, {"retry:0": T0 + 5000, "retry:2": T0 + 5000})
+    control.claim(0, {"retry:0": JAN_2026 + 5000, "retry:2": JAN_2026 + 5000})
     assert control.release(0).outputs == []
-    control.claim(0, {"retry:3": T0 + 5000, "unknown:9": 0})
+    control.claim(0, {"retry:3": JAN_2026 + 5000, "unknown:9": 0})
     released = control.release(0)
     assert released.tokens == [None] * 5 and released.failed == []
     settings = [o for o in released.outputs if o.topic == "throttle"]
@@ -323,11 +312,11 @@ def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
 def test_a_record_rewritten_with_the_same_due_time_is_handled_once_when_due():
     messages, parts = {}, {}
     fp = processor(messages, parts, message_retention_ms=H)
-    fp.tick(T0, 0, 0)  # due times are indexed from here on
+    fp.tick(JAN_2026, 0, 0)  # due times are indexed from here on
     fp.process("send", ev("M2", "relayed", 100), 0, 1)  # the clock is ahead of M1's events
     fp.process("send", ev("M1", "relayed", 0), 0, 2)
     fp.process("send", ev("M1", "delivered", 1), 0, 3)
     fp.process("bounce", ev("M1", "complaint", 2), 0, 4)  # rewritten, due unchanged
-    fp.tick(T0 + 100 + H + 1, 0, 5)
+    fp.tick(JAN_2026 + 100 + H + 1, 0, 5)
     assert "M1" not in messages
     assert parts["D1|0"]["c"]["sent"] == 1

@@ -1,4 +1,6 @@
+import factories
 import pytest
+from factories import UNALIGNED_2023
 
 from streams.domain.control.mx_rules import load_mx_rules
 from streams.domain.control.reputation import (
@@ -12,7 +14,7 @@ from streams.domain.control.reputation import (
 from streams.domain.types import Qualification
 
 RULES = load_mx_rules()
-T0 = 1_700_000_000_000 - (1_700_000_000_000 % BUCKET_MS)
+BUCKET_START = UNALIGNED_2023 - UNALIGNED_2023 % BUCKET_MS  # a 5-minute reputation bucket
 
 RATE_LIMIT = Qualification("soft", "Refused", 20, "gmail-42128", rate_limit=True)
 USER_UNKNOWN = Qualification("hard", "User unknown", 10, "user-unknown")
@@ -23,16 +25,8 @@ UNDEFINED = Qualification("undefined", "Undefined", 1, "no-rule")
 
 
 def event(kind, **extra):
-    base = {
-        "event_id": "e1",
-        "event_time": T0,
-        "delivery_id": "d1",
-        "message_id": "m1",
-        "recipient": "Someone@Gmail.com",
-        "kind": kind,
-    }
-    base.update(extra)
-    return base
+    fields = {"event_id": "e1", "delivery_id": "d1", "recipient": "Someone@Gmail.com", **extra}
+    return factories.event("m1", kind, start=BUCKET_START, **fields)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +82,7 @@ def sig(t, outcome="delivered", domain="gmail.com", group="google", ip="192.0.2.
 
 def test_keys_and_first_records():
     book = ReputationBook()
-    records = book.add(sig(T0))
+    records = book.add(sig(BUCKET_START))
     assert {r.key for r in records} == {
         "domain:gmail.com",
         "group:google",
@@ -100,28 +94,28 @@ def test_keys_and_first_records():
 
 def test_records_on_bucket_advance_and_material_change_only():
     book = ReputationBook()
-    book.add(sig(T0, ip=None))
+    book.add(sig(BUCKET_START, ip=None))
     for i in range(1, 100):
-        assert book.add(sig(T0 + i, ip=None)) == []  # delivered only: rates stay put
+        assert book.add(sig(BUCKET_START + i, ip=None)) == []  # delivered only: rates stay put
     # 1 hard in 101 attempts moves no rate by a full point (and the score by < 5) ...
-    assert book.add(sig(T0 + 200, "hard", ip=None)) == []
+    assert book.add(sig(BUCKET_START + 200, "hard", ip=None)) == []
     # ... 2 in 102 do.
-    moved = book.add(sig(T0 + 201, "hard", ip=None))
+    moved = book.add(sig(BUCKET_START + 201, "hard", ip=None))
     assert {r.key for r in moved} == {"domain:gmail.com", "group:google"}
     assert moved[0].hard == 2 and moved[0].attempts == 102
-    assert book.add(sig(T0 + BUCKET_MS, ip=None)) != []  # new bucket
+    assert book.add(sig(BUCKET_START + BUCKET_MS, ip=None)) != []  # new bucket
 
 
 def test_window_drops_old_buckets_and_ignores_too_old_signals():
     book = ReputationBook()
     for i in range(10):
-        book.add(sig(T0 + i, "hard", ip=None))
+        book.add(sig(BUCKET_START + i, "hard", ip=None))
     snap = book.snapshot("group:google")
     assert snap.hard == 10 and snap.rates.invalid == 1.0
-    book.add(sig(T0 + 3600_000, ip=None))  # one hour later: the first bucket left
+    book.add(sig(BUCKET_START + 3600_000, ip=None))  # one hour later: the first bucket left
     snap = book.snapshot("group:google")
     assert (snap.hard, snap.attempts, snap.delivered) == (0, 1, 1)
-    assert book.add(sig(T0, "hard", ip=None)) == []  # older than the window
+    assert book.add(sig(BUCKET_START, "hard", ip=None)) == []  # older than the window
     assert book.snapshot("group:google").hard == 0
 
 
@@ -147,18 +141,18 @@ def test_rates_and_score():
 def test_complaints_count_against_deliveries():
     book = ReputationBook()
     for i in range(1000):
-        book.add(sig(T0 + i, ip=None))
-    records = book.add(sig(T0 + 2000, "complaint", ip=None))
+        book.add(sig(BUCKET_START + i, ip=None))
+    records = book.add(sig(BUCKET_START + 2000, "complaint", ip=None))
     assert records and records[0].complaints == 1 and records[0].attempts == 1000
     assert records[0].rates.complaint == pytest.approx(0.001)
 
 
 def test_idle_keys_are_evicted():
     book = ReputationBook(evict_after_ms=3600_000)
-    book.add(sig(T0, domain="a.example", group="default"))
-    book.add(sig(T0, domain="b.example", group="default"))
+    book.add(sig(BUCKET_START, domain="a.example", group="default"))
+    book.add(sig(BUCKET_START, domain="b.example", group="default"))
     assert book.size() == 4  # 2 domains, the default group, 1 ip x group
-    book.add(sig(T0 + 2 * 3600_000, domain="b.example", group="default", ip=None))
+    book.add(sig(BUCKET_START + 2 * 3600_000, domain="b.example", group="default", ip=None))
     assert book.window("domain:a.example") is None
     assert book.window("ip_group:192.0.2.1|default") is None
     assert book.size() == 2
@@ -167,7 +161,7 @@ def test_idle_keys_are_evicted():
 def test_key_window_round_trip():
     book = ReputationBook()
     for i, outcome in enumerate(["delivered", "hard", "block", "rate_limit", "complaint"]):
-        book.add(sig(T0 + i * BUCKET_MS, outcome))
+        book.add(sig(BUCKET_START + i * BUCKET_MS, outcome))
     window = book.window("group:google")
     copy = KeyWindow.from_dict(window.to_dict())
     assert copy.to_dict() == window.to_dict()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 
+from factories import JAN_2026
+
 from streams.domain.control.mx_rules import load_mx_rules
 from streams.sim.campaign import Recipient, Truth
 from streams.sim.mta import MAX_BACKOFF_S, MAX_VALIDITY_S, LimitBook, Mta
 from streams.sim.providers import SENDING_IPS, ProviderNetwork
 
 RULES = load_mx_rules(None)
-T0 = 1_767_225_600_000
 STEP = 60_000
 
 
@@ -47,8 +48,8 @@ def attempts_by_ip(events) -> dict[str, int]:
 
 def test_static_sends_at_the_group_baseline_per_ip():
     m = mta()
-    m.submit(recipients(3000), T0)
-    events, rows = m.step(T0, LimitBook(RULES, None))
+    m.submit(recipients(3000), JAN_2026)
+    events, rows = m.step(JAN_2026, LimitBook(RULES, None))
     # google baseline 36 000/h = 600 a minute per IP, two IPs
     assert attempts_by_ip(events) == {ip: 600 for ip in SENDING_IPS}
     assert rows["google"][0] == 1200
@@ -56,34 +57,36 @@ def test_static_sends_at_the_group_baseline_per_ip():
 
 def test_token_buckets_follow_the_throttle_record():
     m = mta()
-    m.submit(recipients(3000), T0)
+    m.submit(recipients(3000), JAN_2026)
     book = LimitBook(RULES, {"group:google": record("group:google", 1800)})
     for i in range(5):
-        events, _ = m.step(T0 + i * STEP, book)
+        events, _ = m.step(JAN_2026 + i * STEP, book)
         assert attempts_by_ip(events) == {ip: 30 for ip in SENDING_IPS}
 
 
 def test_slow_rates_accumulate_fractional_tokens():
     m = mta()
-    m.submit(recipients(100), T0)
+    m.submit(recipients(100), JAN_2026)
     book = LimitBook(RULES, {"group:google": record("group:google", 30)})  # 0.5 a minute
-    sent = sum(sum(attempts_by_ip(m.step(T0 + i * STEP, book)[0]).values()) for i in range(20))
+    sent = sum(
+        sum(attempts_by_ip(m.step(JAN_2026 + i * STEP, book)[0]).values()) for i in range(20)
+    )
     assert 9 * len(SENDING_IPS) <= sent <= 10 * len(SENDING_IPS) + 2
 
 
 def test_connections_bound_a_step():
     m = mta()
-    m.submit(recipients(3000), T0)
+    m.submit(recipients(3000), JAN_2026)
     book = LimitBook(RULES, {"group:google": record("group:google", 72_000, conns=2, msgs=10)})
-    events, _ = m.step(T0, book)
+    events, _ = m.step(JAN_2026, book)
     assert attempts_by_ip(events) == {ip: 20 for ip in SENDING_IPS}
 
 
 def test_a_suspended_ip_leaves_its_share_to_the_other():
     m = mta()
-    m.submit(recipients(3000), T0)
+    m.submit(recipients(3000), JAN_2026)
     suspended = f"ip_group:{SENDING_IPS[1]}|google"
-    until = T0 + 2 * STEP
+    until = JAN_2026 + 2 * STEP
     book = LimitBook(
         RULES,
         {
@@ -91,25 +94,25 @@ def test_a_suspended_ip_leaves_its_share_to_the_other():
             suspended: record(suspended, 3600, until=until),
         },
     )
-    assert attempts_by_ip(m.step(T0, book)[0]) == {SENDING_IPS[0]: 60}
+    assert attempts_by_ip(m.step(JAN_2026, book)[0]) == {SENDING_IPS[0]: 60}
     assert attempts_by_ip(m.step(until, book)[0]) == {ip: 60 for ip in SENDING_IPS}
     assert m.next_wake(until + STEP, book) == until + STEP
 
 
 def test_all_ips_suspended_wakes_at_the_end_of_the_suspension():
     m = mta()
-    m.submit(recipients(10), T0)
-    until = T0 + 3_600_000
+    m.submit(recipients(10), JAN_2026)
+    until = JAN_2026 + 3_600_000
     book = LimitBook(RULES, {"group:google": record("group:google", 3600, until=until)})
-    m.step(T0, book)  # nothing goes out; deadlines are days away
-    assert m.next_wake(T0 + STEP, book) == until
+    m.step(JAN_2026, book)  # nothing goes out; deadlines are days away
+    assert m.next_wake(JAN_2026 + STEP, book) == until
 
 
 def test_retries_back_off_and_honour_validity():
     m = mta()
-    m.submit(recipients(1, truth=Truth.MAILBOX_FULL), T0)
+    m.submit(recipients(1, truth=Truth.MAILBOX_FULL), JAN_2026)
     book = LimitBook(RULES, None)
-    t = T0
+    t = JAN_2026
     deferrals = []
     expired = []
     while not m.done:
@@ -120,7 +123,7 @@ def test_retries_back_off_and_honour_validity():
         if wake is None:
             break
         t = wake
-    deadline = T0 + MAX_VALIDITY_S * 1000
+    deadline = JAN_2026 + MAX_VALIDITY_S * 1000
     assert [e["event_time"] for e in expired] == [deadline]
     assert all(e["event_time"] < deadline for e in deferrals)
     assert all(e["enhanced_status"] == "4.2.2" for e in deferrals)
@@ -133,8 +136,8 @@ def test_retries_back_off_and_honour_validity():
 
 def test_hard_bounces_and_unknown_domains_fail_at_once():
     m = mta()
-    m.submit(recipients(2, truth=Truth.INVALID) + recipients(1, domain="nx01.invalid"), T0)
-    events, _ = m.step(T0, LimitBook(RULES, None))
+    m.submit(recipients(2, truth=Truth.INVALID) + recipients(1, domain="nx01.invalid"), JAN_2026)
+    events, _ = m.step(JAN_2026, LimitBook(RULES, None))
     bounces = [e for f, e in events if f == "bounce"]
     assert len(bounces) == 3 and m.done
     assert {e["diagnostic"].split()[0] for e in bounces} == {"550-5.1.1", "Host"}
@@ -143,7 +146,7 @@ def test_hard_bounces_and_unknown_domains_fail_at_once():
 
 def test_disabled_account_is_given_up_after_the_5xx():
     m = mta()
-    m.submit(recipients(1, truth=Truth.DISABLED), T0)
-    events, _ = m.step(T0, LimitBook(RULES, None))
+    m.submit(recipients(1, truth=Truth.DISABLED), JAN_2026)
+    events, _ = m.step(JAN_2026, LimitBook(RULES, None))
     assert [(f, e["kind"]) for f, e in events] == [("bounce", "sync"), ("retry", "expired")]
     assert m.done and m.totals.failed == 1

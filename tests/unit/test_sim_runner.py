@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from factories import JAN_2026
 
 from streams.runtime.codec import Codec
 from streams.runtime.validate import validate_event
 from streams.sim.control import InProcessControlPlane
 from streams.sim.mta import Event
 from streams.sim.runner import SimConfig, default_start_ms, simulate
-
-T0 = 1_767_225_600_000
 
 
 class Recording(InProcessControlPlane):
@@ -32,7 +31,7 @@ class Recording(InProcessControlPlane):
 
 def run(mode: str = "adaptive", recipients: int = 1500, seed: int = 3, **kw):
     control = Recording()
-    config = SimConfig(mode=mode, recipients=recipients, seed=seed, start_ms=T0, **kw)  # type: ignore[arg-type]
+    config = SimConfig(mode=mode, recipients=recipients, seed=seed, start_ms=JAN_2026, **kw)  # type: ignore[arg-type]
     return simulate(config, control), control
 
 

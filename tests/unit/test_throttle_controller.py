@@ -1,6 +1,7 @@
 import itertools
 import random
 
+from factories import UNALIGNED_2023
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ from streams.domain.types import Qualification
 
 RULES = load_mx_rules()
 GOOGLE = RULES.group("google")
-T0 = 1_700_000_000_000
 MINUTE = 60_000
 IP = "192.0.2.20"
 
@@ -53,7 +53,7 @@ class Loop:
         return [s for s in self.published if s.key == key]
 
 
-def burst(loop, start=T0, n=20, domain="gmail.com", group="google"):
+def burst(loop, start=UNALIGNED_2023, n=20, domain="gmail.com", group="google"):
     for i in range(n):
         loop.feed(rate_limited(start + i * 3000, domain, group))
 
@@ -61,26 +61,28 @@ def burst(loop, start=T0, n=20, domain="gmail.com", group="google"):
 def test_rate_limit_burst_throttles_google_down_and_leaves_yahoo_alone():
     loop = Loop()
     for i in range(50):
-        loop.feed(signal(T0 - 10 * MINUTE + i * 1000, domain="yahoo.com", group="yahoo"))
+        loop.feed(
+            signal(UNALIGNED_2023 - 10 * MINUTE + i * 1000, domain="yahoo.com", group="yahoo")
+        )
     burst(loop)
     google = loop.of("group:google")
     assert len(google) == 1  # one change per adjustment interval, however long the burst
     first = google[0]
-    assert first.changed_at - T0 < GOOGLE.adjust_interval_s * 1000
+    assert first.changed_at - UNALIGNED_2023 < GOOGLE.adjust_interval_s * 1000
     assert first.mode == "backoff" and first.version == 1
     assert first.max_rate_per_hour == GOOGLE.max_rate_per_hour.baseline // 2
     assert first.max_connections == GOOGLE.max_connections.baseline // 2
     assert "rate-limit reply '421 4.7.28" in first.reason and "gmail-4.7.28" in first.reason
     assert loop.of("group:yahoo") == [] and loop.ctl.setting("group:yahoo") is None
     # Still rate limited after the adjustment interval: one more multiplicative step.
-    loop.feed(rate_limited(T0 + GOOGLE.adjust_interval_s * 1000))
+    loop.feed(rate_limited(UNALIGNED_2023 + GOOGLE.adjust_interval_s * 1000))
     assert [s.max_rate_per_hour for s in loop.of("group:google")] == [18000, 9000]
 
 
 def test_decrease_never_goes_below_min():
     loop = Loop()
     for i in range(40):
-        loop.feed(rate_limited(T0 + i * GOOGLE.adjust_interval_s * 1000))
+        loop.feed(rate_limited(UNALIGNED_2023 + i * GOOGLE.adjust_interval_s * 1000))
     rates = [s.max_rate_per_hour for s in loop.of("group:google")]
     assert rates[-1] == GOOGLE.max_rate_per_hour.min
     assert min(rates) == GOOGLE.max_rate_per_hour.min
@@ -90,9 +92,9 @@ def test_decrease_never_goes_below_min():
 def test_quiet_healthy_time_steps_back_up_to_the_maximum():
     loop = Loop()
     burst(loop)
-    last_negative = T0 + 19 * 3000
+    last_negative = UNALIGNED_2023 + 19 * 3000
     for minute in range(1, 24 * 60):
-        now = T0 + minute * MINUTE
+        now = UNALIGNED_2023 + minute * MINUTE
         if minute % 5 == 0:
             loop.feed(signal(now))  # healthy traffic keeps flowing
         loop.tick(now)
@@ -117,8 +119,8 @@ def test_quiet_healthy_time_steps_back_up_to_the_maximum():
 def test_no_increase_while_negative_feedback_continues():
     loop = Loop()
     for minute in range(0, 6 * 60, 10):
-        loop.feed(rate_limited(T0 + minute * MINUTE))
-        loop.tick(T0 + minute * MINUTE + 1)
+        loop.feed(rate_limited(UNALIGNED_2023 + minute * MINUTE))
+        loop.tick(UNALIGNED_2023 + minute * MINUTE + 1)
     rates = [s.max_rate_per_hour for s in loop.of("group:google")]
     assert rates == sorted(rates, reverse=True)
 
@@ -137,15 +139,15 @@ def feed_invalid_traffic(loop, start, n, every, ip=None, domain="gmail.com", gro
 def test_invalid_recipient_suspension_waits_for_volume_and_ends_on_time():
     loop = Loop()
     # 20 % invalid but below min_volume (200): nothing happens.
-    assert feed_invalid_traffic(loop, T0, GOOGLE.min_volume - 1, 5) == []
+    assert feed_invalid_traffic(loop, UNALIGNED_2023, GOOGLE.min_volume - 1, 5) == []
     # One more attempt reaches the volume: suspended for suspend_s.
-    out = loop.feed(signal(T0 + 500_000))
+    out = loop.feed(signal(UNALIGNED_2023 + 500_000))
     assert [(s.key, s.mode) for s in out] == [("group:google", "suspended")]
     until = out[0].suspended_until
-    assert until == T0 + 500_000 + GOOGLE.suspend_s * 1000
+    assert until == UNALIGNED_2023 + 500_000 + GOOGLE.suspend_s * 1000
     assert "invalid-recipient rate 19.5%" in out[0].reason and ">= 10%" in out[0].reason
     # More bad news while suspended changes nothing.
-    assert feed_invalid_traffic(loop, T0 + 501_000, 50, 2) == []
+    assert feed_invalid_traffic(loop, UNALIGNED_2023 + 501_000, 50, 2) == []
     assert loop.tick(until - 1) == []
     resumed = loop.tick(until)
     assert len(resumed) == 1
@@ -158,7 +160,7 @@ def test_invalid_recipient_suspension_waits_for_volume_and_ends_on_time():
 
 def test_invalid_rate_between_thresholds_throttles_down():
     loop = Loop()
-    out = feed_invalid_traffic(loop, T0, 400, 20)  # 5 %: >= 3 % but < 10 %
+    out = feed_invalid_traffic(loop, UNALIGNED_2023, 400, 20)  # 5 %: >= 3 % but < 10 %
     assert [(s.mode, s.max_rate_per_hour) for s in out] == [("backoff", 18000)]
     assert "invalid-recipient rate 5% >= 3%" in out[0].reason
 
@@ -176,14 +178,14 @@ def test_one_bad_small_domain_does_not_suspend_an_ip_for_every_small_domain():
     # A list full of invalid addresses at one small domain, sent from one IP, among a
     # clean long tail: the bad domain is suspended, the IP x default-group key is not
     # judged on the sum of all small domains (only rate limits and rules act on it).
-    feed_invalid_traffic(loop, T0, 250, 2, IP, "bad.example", "default")
-    feed_invalid_traffic(loop, T0 + 250_000, 150, 1000, IP, "good.example", "default")
+    feed_invalid_traffic(loop, UNALIGNED_2023, 250, 2, IP, "bad.example", "default")
+    feed_invalid_traffic(loop, UNALIGNED_2023 + 250_000, 150, 1000, IP, "good.example", "default")
     keys = {(s.key, s.mode) for s in loop.published}
     assert ("domain:bad.example", "suspended") in keys
     assert not any(k.startswith("ip_group:") or k == "domain:good.example" for k, _ in keys)
     # A named group's IP key is judged as before.
     google = Loop()
-    feed_invalid_traffic(google, T0, 300, 5, IP)
+    feed_invalid_traffic(google, UNALIGNED_2023, 300, 5, IP)
     assert ("ip_group:192.0.2.20|google", "suspended") in {
         (s.key, s.mode) for s in google.published
     }
@@ -194,7 +196,7 @@ def test_noisy_signal_at_threshold_does_not_flap():
     rng = random.Random(7)
     hours = 24
     for second in range(0, hours * 3600, 5):
-        now = T0 + second * 1000
+        now = UNALIGNED_2023 + second * 1000
         roll = rng.random()
         if roll < 0.031:  # hovering around the 3 % invalid-recipient threshold
             loop.feed(signal(now, "hard", q=USER_UNKNOWN_Q))
@@ -216,7 +218,7 @@ def test_automation_set_limit_holds_then_recovers():
     loop = Loop()
     ip = "198.51.100.7"
     reply = "550 5.7.1 Unfortunately, messages from 198.51.100.7 weren't sent."
-    out = loop.feed(signal(T0, "block", "outlook.com", "microsoft", ip, reply))
+    out = loop.feed(signal(UNALIGNED_2023, "block", "outlook.com", "microsoft", ip, reply))
     by_key = {s.key: s for s in out}
     ip_key = f"ip_group:{ip}|microsoft"
     held = by_key[ip_key]
@@ -225,9 +227,9 @@ def test_automation_set_limit_holds_then_recovers():
     assert by_key["group:microsoft"].mode == "backoff"  # the block itself
     # Held for 90 min: no increase before, steps after.
     for minute in range(1, 90):
-        loop.tick(T0 + minute * MINUTE)
+        loop.tick(UNALIGNED_2023 + minute * MINUTE)
     assert loop.of(ip_key) == [held]
-    loop.tick(T0 + 90 * MINUTE)
+    loop.tick(UNALIGNED_2023 + 90 * MINUTE)
     assert loop.of(ip_key)[-1].max_rate_per_hour > 300
 
 
@@ -235,24 +237,24 @@ def test_yahoo_tss04_shipped_rule_suspends_the_ip():
     loop = Loop()
     reply = "421 4.7.0 [TSS04] Messages from 192.0.2.20 temporarily deferred"
     q = Qualification("soft", "Refused", 20, "yahoo-tss04", rate_limit=True)
-    out = loop.feed(signal(T0, "rate_limit", "yahoo.com", "yahoo", IP, reply, q))
+    out = loop.feed(signal(UNALIGNED_2023, "rate_limit", "yahoo.com", "yahoo", IP, reply, q))
     modes = {s.key: s.mode for s in out}
     assert modes == {f"ip_group:{IP}|yahoo": "suspended", "group:yahoo": "backoff"}
 
 
 def test_warmup_caps_new_ip_by_day():
-    ctl = ThrottleController(RULES, warmup_ips={IP: T0})
+    ctl = ThrottleController(RULES, warmup_ips={IP: UNALIGNED_2023})
     loop = Loop(ctl)
-    out = loop.feed(signal(T0 + 1000, ip=IP))
+    out = loop.feed(signal(UNALIGNED_2023 + 1000, ip=IP))
     assert [(s.key, s.mode, s.max_rate_per_hour) for s in out] == [
         (f"ip_group:{IP}|google", "warmup", 50)
     ]
-    assert [s.max_rate_per_hour for s in loop.tick(T0 + 86_400_000)] == [100]
-    assert loop.tick(T0 + 86_400_000 + MINUTE) == []
-    day21 = loop.tick(T0 + 20 * 86_400_000)
+    assert [s.max_rate_per_hour for s in loop.tick(UNALIGNED_2023 + 86_400_000)] == [100]
+    assert loop.tick(UNALIGNED_2023 + 86_400_000 + MINUTE) == []
+    day21 = loop.tick(UNALIGNED_2023 + 20 * 86_400_000)
     assert [(s.mode, s.max_rate_per_hour) for s in day21] == [("warmup", 20000)]
     # Past the schedule, AIMD takes over from the baseline (no growth hidden during warm-up).
-    last = loop.tick(T0 + 30 * 86_400_000)
+    last = loop.tick(UNALIGNED_2023 + 30 * 86_400_000)
     step = round(GOOGLE.max_rate_per_hour.baseline * GOOGLE.increase_step)
     assert [(s.mode, s.max_rate_per_hour) for s in last] == [("normal", 36000 + step)]
 
@@ -269,7 +271,7 @@ def test_settings_off_baseline_and_state_round_trip():
     fresh.restore(copy)
     assert fresh.setting("group:google") == loop.ctl.setting("group:google")
     # Restored state keeps versions and anti-flapping going.
-    later = fresh.on_signal(rate_limited(T0 + GOOGLE.adjust_interval_s * 1000))
+    later = fresh.on_signal(rate_limited(UNALIGNED_2023 + GOOGLE.adjust_interval_s * 1000))
     assert [(s.version, s.max_rate_per_hour) for s in later] == [(2, 9000)]
 
 
@@ -303,7 +305,7 @@ steps = st.lists(
 @given(steps)
 def test_bounds_versions_and_publish_on_change_hold(sequence):
     loop = Loop()
-    now = T0
+    now = UNALIGNED_2023
     for gap, outcome, (domain, group), ip, reply, tick in sequence:
         now += gap
         loop.feed(signal(now, outcome, domain, group, ip, reply))

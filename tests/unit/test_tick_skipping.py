@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from factories import JAN_2026
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,6 @@ from streams.domain.control.throttle_controller import DAY_MS, ThrottleControlle
 from streams.pipeline.control import CONTROL_TICK_MS, ControlProcessor
 from streams.pipeline.records import signal_to_dict
 
-T0 = 1_767_225_600_000  # 2026-01-01
 MIN_MS = 60_000
 STREAM = "retry:0"
 
@@ -126,7 +126,7 @@ signal_plans = st.lists(
 
 
 def make_signals(plan: list[tuple[int, int, str | None]]) -> list[Signal]:
-    out, t = [], T0
+    out, t = [], JAN_2026
     for i, (gap, kind, ip) in enumerate(plan):
         t += gap
         domain, outcome, attempt, reply = KINDS[kind]
@@ -238,15 +238,15 @@ def run_controller(
 @given(plan=signal_plans, warm_from=st.integers(-2 * DAY_MS, 3_600_000))
 def test_warm_up_days_and_every_instant_are_ticked_as_every_10_s(plan, warm_from):
     signals = make_signals(plan)
-    skipping, _ = run_controller(signals, T0 + warm_from, skip=True)
-    assert skipping == run_controller(signals, T0 + warm_from, skip=False)[0]
+    skipping, _ = run_controller(signals, JAN_2026 + warm_from, skip=True)
+    assert skipping == run_controller(signals, JAN_2026 + warm_from, skip=False)[0]
 
 
 def test_a_332_day_gap_after_a_suspension_takes_a_handful_of_ticks():
     """The jump of 2026-01-01 to the end of November: the suspension's end, the climb
     back to the maximum and the warm-up days are ticked, the months after them are not."""
     plan = [(0, 2, WARM_IP), (0, 0, None), (332 * DAY_MS, 1, None)]
-    (out, _states, _seq), ticks = run_controller(make_signals(plan), T0, skip=True)
+    (out, _states, _seq), ticks = run_controller(make_signals(plan), JAN_2026, skip=True)
     assert any(kind == "tick" for kind, *_ in out)  # the suspension did end on a tick
     assert 0 < len(ticks) < 40
-    assert ticks[-1] < T0 + 3 * DAY_MS
+    assert ticks[-1] < JAN_2026 + 3 * DAY_MS

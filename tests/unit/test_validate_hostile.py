@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from factories import JAN_2026, event
 
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.validate import validate_event
 
-T0 = 1_767_225_600_000
-
 
 def _send(recipient: str) -> dict:
-    return {
-        "event_id": "E1",
-        "event_time": T0,
-        "delivery_id": "D1",
-        "message_id": "M1",
-        "recipient": recipient,
-        "kind": "relayed",
-    }
+    return event("M1", "relayed", event_id="E1", recipient=recipient)
 
 
 @pytest.mark.parametrize(
@@ -34,7 +26,7 @@ def _send(recipient: str) -> dict:
 )
 def test_invisible_unicode_in_the_recipient_is_rejected(recipient: str) -> None:
     with pytest.raises(DecodeError, match=r"invisible Unicode|white space") as info:
-        validate_event("send", _send(recipient), now_ms=T0)
+        validate_event("send", _send(recipient), now_ms=JAN_2026)
     assert info.value.kind == "invalid"
 
 
@@ -42,7 +34,7 @@ def test_invisible_unicode_in_the_recipient_is_rejected(recipient: str) -> None:
     "recipient", ["josé.álvarez@exämple.org", "用户@例え.jp", "user@🎉.example", "a+b@c.io"]
 )
 def test_international_addresses_stay_valid(recipient: str) -> None:
-    validate_event("send", _send(recipient), now_ms=T0)
+    validate_event("send", _send(recipient), now_ms=JAN_2026)
 
 
 def test_a_non_utf8_string_field_does_not_echo_its_bytes_in_the_reason() -> None:
