@@ -20,7 +20,7 @@ from streams.domain.control.mx_rules import load_mx_rules
 from streams.domain.control.reputation import Signal
 from streams.domain.control.sequencer import Due
 from streams.pipeline.control import ControlProcessor
-from streams.pipeline.records import signal_to_dict
+from streams.pipeline.records import Source, signal_record
 
 T0 = 1_767_225_600_000  # 2026-01-01
 DAY_MS = 86_400_000
@@ -40,7 +40,7 @@ def signals(days: int) -> list[dict[str, Any]]:
 
     def signal(i: int, t: int, domain: str, reply: str, ip: str | None) -> dict[str, Any]:
         s = Signal(t, f"e{i}", domain, rules.group_for(domain), ip, "rate_limit", True, reply)
-        return {**signal_to_dict(s), "src": [STREAM, i]}
+        return signal_record(s, Source(STREAM, i))
 
     gmail = "421 4.7.28 unusual rate of unsolicited mail - gsmtp"
     tss04 = "421 4.7.0 [TSS04] Messages from 192.0.2.10 temporarily deferred"

@@ -21,7 +21,6 @@ keep the highest version, so a repeat is harmless and nothing is lost.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,8 @@ from streams.domain.recipient.message_status import MessageState, MessageView, V
 from streams.domain.types import Qualification
 from streams.pipeline.records import (
     Output,
+    SignalHook,
+    Source,
     Store,
     address_record,
     kpi_part_record,
@@ -162,8 +163,7 @@ class FeedbackProcessor:
         kpi_parts: Store,
         qualifier: Qualifier,
         config: PipelineConfig | None = None,
-        signal_fn: Callable[[str, dict[str, Any], Qualification | None], Output | None]
-        | None = None,
+        signal_fn: SignalHook | None = None,
         clocks: Store | None = None,
     ) -> None:
         self.messages = messages
@@ -231,8 +231,15 @@ class FeedbackProcessor:
                 out.append(kpi_part_record(delivery_id, partition, new_rec))
 
     def process(
-        self, family: str, event: dict[str, Any], partition: int, offset: int
+        self,
+        family: str,
+        event: dict[str, Any],
+        partition: int,
+        offset: int,
+        source: Source | None = None,
     ) -> list[Output]:
+        """Apply one input event. Its signal names ``source`` as where it comes from, by
+        default this input record (``family:partition`` at ``offset``)."""
         self.clock = max(self.clock, event["event_time"])
         q = qualify_event(self.qualifier, family, event)
         out: list[Output] = []
@@ -241,9 +248,9 @@ class FeedbackProcessor:
         self._message(family, event, q, partition, offset, out)
         self._address(family, event, q, partition, offset, out)
         if self.signal_fn is not None:
-            signal = self.signal_fn(family, event, q)
+            source = source or Source(f"{family}:{partition}", offset)
+            signal = self.signal_fn(family, event, q, source)
             if signal is not None:
-                signal.value["src"] = [f"{family}:{partition}", offset]
                 out.append(signal)
         return out
 

@@ -105,23 +105,46 @@ def kpi_record(delivery_id: str, c: KpiCounts, version: int, now_ms: int) -> dic
     }
 
 
-def signal_output(
-    rules: MxRules,
-) -> Callable[[str, dict[str, Any], Qualification | None], Output | None]:
+class Source(NamedTuple):
+    """The input a signal comes from: its stream (``family:partition``) and offset.
+
+    A re-processed input (at-least-once, after a crash) emits its signal again, at a new
+    offset of the signal topic; its source is the same, so it is not counted twice. The
+    sequencer releases each stream's signals in offset order, so the highest source offset
+    taken in per stream is enough to know what a key has seen."""
+
+    stream: str
+    offset: int
+
+    @classmethod
+    def of(cls, signal_record: dict[str, Any]) -> Source:
+        stream, offset = signal_record["src"]
+        return cls(str(stream), int(offset))
+
+
+# The feedback step's hook: (family, event, qualification, source) → a signal record or None.
+SignalHook = Callable[[str, dict[str, Any], Qualification | None, Source], Output | None]
+
+
+def signal_output(rules: MxRules) -> SignalHook:
     """The FeedbackProcessor hook that turns events into signals keyed by provider group."""
 
-    def make(family: str, event: dict[str, Any], q: Qualification | None) -> Output | None:
+    def make(
+        family: str, event: dict[str, Any], q: Qualification | None, source: Source
+    ) -> Output | None:
         signal = signal_from_event(family, event, q, rules)  # type: ignore[arg-type]
         if signal is None:
             return None
-        return Output(Topic.SIGNAL, signal.group, signal_to_dict(signal))
+        return Output(Topic.SIGNAL, signal.group, signal_record(signal, source))
 
     return make
 
 
-def signal_to_dict(s: Signal) -> dict[str, Any]:
+def signal_record(s: Signal, source: Source) -> dict[str, Any]:
+    """A signal on the signal topic, with the input it comes from (``src``)."""
     q = s.qualification
     return {
+        "src": [source.stream, source.offset],
         "t": s.time_ms,
         "id": s.event_id,
         "domain": s.domain,
@@ -149,23 +172,6 @@ def signal_from_dict(d: dict[str, Any]) -> Signal:
         reply=d["reply"],
         qualification=None if q is None else Qualification(q[0], q[1], q[2], q[3], q[4]),
     )
-
-
-class Source(NamedTuple):
-    """The input a signal comes from: its stream (``family:partition``) and offset.
-
-    A re-processed input (at-least-once, after a crash) emits its signal again, at a new
-    offset of the signal topic; its source is the same, so it is not counted twice. The
-    sequencer releases each stream's signals in offset order, so the highest source offset
-    taken in per stream is enough to know what a key has seen."""
-
-    stream: str
-    offset: int
-
-    @classmethod
-    def of(cls, signal_record: dict[str, Any]) -> Source:
-        stream, offset = signal_record["src"]
-        return cls(str(stream), int(offset))
 
 
 def progress_value(claims: dict[str, int]) -> dict[str, Any]:

@@ -31,7 +31,13 @@ from streams.domain.recipient.message_status import view as message_view
 from streams.pipeline.control import ControlProcessor
 from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
 from streams.pipeline.kpi import KpiAggregator
-from streams.pipeline.records import THROTTLE_FIELDS, Output, signal_output, throttle_record
+from streams.pipeline.records import (
+    THROTTLE_FIELDS,
+    Output,
+    Source,
+    signal_output,
+    throttle_record,
+)
 from streams.pipeline.topics import INPUT_TOPICS, input_streams
 from streams.pipeline.topology import (
     CONTROL,
@@ -140,12 +146,10 @@ class Replayer:
     def apply(self, family: str, event: dict[str, Any]) -> list[Output]:
         self._offset += 1
         now = self.feedback.clock
-        outputs = self.feedback.process(family, event, 0, self._offset)
+        # The input stream and offset a worker would read the event at, for its signal.
         stream = f"{family}:{partition_of(str(event['recipient']), self.partitions)}"
-        for out in outputs:
-            if out.topic == "signal":  # its source as a worker would name it
-                offset = self._stream_offsets[stream] = self._stream_offsets.get(stream, -1) + 1
-                out.value["src"] = [stream, offset]
+        offset = self._stream_offsets[stream] = self._stream_offsets.get(stream, -1) + 1
+        outputs = self.feedback.process(family, event, 0, self._offset, Source(stream, offset))
         if self.feedback.clock > now:
             outputs += self.feedback.tick(self.feedback.clock, 0, self._offset)
         else:

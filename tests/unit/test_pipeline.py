@@ -9,7 +9,7 @@ from streams.domain.control.mx_rules import load_mx_rules
 from streams.pipeline.control import ControlProcessor
 from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
 from streams.pipeline.kpi import KpiAggregator
-from streams.pipeline.records import signal_output
+from streams.pipeline.records import Source, signal_output
 
 H = 3_600_000
 
@@ -180,9 +180,9 @@ def test_rate_limit_replies_throttle_the_provider_group_through_the_control_step
         event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
         event["recipient"] = f"user{i}@gmail.com"
         q = default_qualifier().qualify(421, "4.7.28", "421 4.7.28 rate limited - gsmtp")
-        signal = make_signal("retry", event, q)
+        signal = make_signal("retry", event, q, Source("retry:0", i))
         assert signal is not None and signal.key == "google"
-        records.append({**signal.value, "src": ["retry:0", i]})
+        records.append(signal.value)
     control = _control(rules)
     for record in records:
         assert control.add(record, 0)
@@ -209,7 +209,7 @@ def _gmail_signals(n):
     for i in range(n):
         event = ev(f"M{i}", "deferred", i * 1000, smtp_code=421, enhanced_status="4.7.28")
         event["recipient"] = f"user{i}@gmail.com"
-        records.append({**make_signal("retry", event, q).value, "src": ["retry:0", i]})
+        records.append(make_signal("retry", event, q, Source("retry:0", i)).value)
     return rules, records
 
 

@@ -25,7 +25,7 @@ from streams.domain.control.reputation import ReputationBook, Signal
 from streams.domain.control.sequencer import Sequencer
 from streams.domain.control.throttle_controller import DAY_MS, ThrottleController
 from streams.pipeline.control import CONTROL_TICK_MS, ControlProcessor
-from streams.pipeline.records import signal_to_dict
+from streams.pipeline.records import Source, signal_record
 
 MIN_MS = 60_000
 STREAM = "retry:0"
@@ -178,7 +178,7 @@ class EveryTick(ControlProcessor):
 
 
 def records(signals: list[Signal]) -> list[dict[str, Any]]:
-    return [{**signal_to_dict(s), "src": [STREAM, i]} for i, s in enumerate(signals)]
+    return [signal_record(s, Source(STREAM, i)) for i, s in enumerate(signals)]
 
 
 def run_pipeline(cls: type[ControlProcessor], signals: list[Signal], restart_at: int):
