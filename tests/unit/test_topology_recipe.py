@@ -1,6 +1,7 @@
-"""docs/architecture.md's recipe for an output topic, followed on a scratch copy of the
-package: a throwaway topic is declared, shaped and emitted; replay refuses it until the
-topology declares it, then routes it out."""
+"""docs/architecture.md's recipes for an output topic and an input kind, followed on a
+scratch copy of the package: a throwaway output topic is declared, shaped and emitted, and
+replay refuses it until the topology declares it, then routes it out; a throwaway input
+kind is declared with its schema and the domain's reaction, and replay takes it in."""
 
 from __future__ import annotations
 
@@ -101,3 +102,106 @@ def test_an_output_topic_added_by_the_recipe_is_refused_until_declared_then_rout
     assert declared.returncode == 0, declared.stderr
     figures = json.loads(declared.stdout)
     assert figures["probes"] == figures["events"] > 0
+
+
+# The input-kind recipe with a throwaway "ping" family: an MTA saying it picked a message
+# up, which the domain takes as "relayed" (steps 1, 3 and 4; step 2 copies a schema).
+INPUT_KIND = [
+    (
+        "streams/pipeline/topics.py",
+        '    CLOCK = "clock"\n',
+        '    CLOCK = "clock"\n    PING = "ping"\n',
+    ),
+    (
+        "streams/pipeline/topics.py",
+        "TOPICS: tuple[TopicSpec, ...] = (\n",
+        "TOPICS: tuple[TopicSpec, ...] = (\n"
+        '    TopicSpec(Topic.PING, "ping_event", False, "Throwaway input"),\n',
+    ),
+    (
+        "streams/pipeline/topics.py",
+        "(Topic.SEND, Topic.BOUNCE, Topic.RETRY)",
+        "(Topic.SEND, Topic.BOUNCE, Topic.RETRY, Topic.PING)",
+    ),
+    (
+        "streams/domain/events.py",
+        'Family = Literal["send", "bounce", "retry"]',
+        'Family = Literal["send", "bounce", "retry", "ping"]',
+    ),
+]
+DOMAIN_REACTION = [
+    (
+        "streams/domain/recipient/message_status.py",
+        '    if family == "send":\n        requested',
+        '    if family in ("send", "ping"):\n        requested',
+    ),
+    (
+        "streams/domain/recipient/address_health.py",
+        'if family not in ("send", "bounce", "retry"):',
+        'if family not in ("send", "bounce", "retry", "ping"):',
+    ),
+    (
+        "streams/domain/recipient/address_health.py",
+        '    if family == "send":\n        return Entry(t, event_id, "success")',
+        '    if family in ("send", "ping"):\n        return Entry(t, event_id, "success")',
+    ),
+    (
+        "streams/domain/control/reputation.py",
+        'if family == "send" and kind != "delivered":',
+        'if family in ("send", "ping") and kind != "delivered":',
+    ),
+    (
+        "streams/pipeline/feedback.py",
+        'if family == "send" or event["kind"] == "complaint":',
+        'if family in ("send", "ping") or event["kind"] == "complaint":',
+    ),
+]
+
+REPLAY_PING = """
+import json, sys
+import streams
+assert streams.__file__.startswith(sys.argv[1]), streams.__file__
+from streams.tools.replay import Replayer
+line = {"family": "ping", "event_id": "P1", "event_time": "2026-01-01T00:00:00Z",
+        "delivery_id": "D1", "message_id": "M1", "recipient": "m1@example.org",
+        "kind": "relayed"}
+replayer = Replayer()
+replayer.run_lines([json.dumps(line)])
+print(json.dumps({"errors": replayer.errors, "state": list(replayer.final_state())}))
+"""
+
+
+def test_an_input_kind_added_by_the_recipe_is_replayed_through_the_domain(tmp_path):
+    shutil.copytree(ROOT / "streams", tmp_path / "streams")
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    schema = (ROOT / "schemas" / "send_event.avsc").read_text()
+    (tmp_path / "schemas" / "ping_event.avsc").write_text(
+        schema.replace('"name": "SendEvent"', '"name": "PingEvent"', 1)
+    )
+    for path, find, put in INPUT_KIND:
+        _edit(tmp_path, path, find, put)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def replay() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", REPLAY_PING, str(tmp_path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # Without the domain's reaction (step 4) the state machines refuse the family.
+    without = replay()
+    assert without.returncode != 0
+    assert "unknown event family 'ping'" in without.stderr
+
+    for path, find, put in DOMAIN_REACTION:
+        _edit(tmp_path, path, find, put)
+    done = replay()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["errors"] == []
+    message = next(r for r in result["state"] if r["type"] == "message")
+    assert (message["message_id"], message["status"]) == ("M1", "taken_into_account")
