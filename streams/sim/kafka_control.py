@@ -28,7 +28,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from streams.pipeline.topics import INPUT_TOPICS
+from streams.pipeline.records import clock_value
+from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
@@ -101,9 +102,9 @@ class KafkaControlPlane:
         self._tick()
 
     def _tick(self) -> None:
-        value = json.dumps({"now": self._now_ms}).encode()
+        value = json.dumps(clock_value(self._now_ms)).encode()
         for p in range(self.settings.partitions):
-            self._ticks.produce(self.settings.topic("clock"), value, partition=p)
+            self._ticks.produce(self.settings.topic(Topic.CLOCK), value, partition=p)
 
     def _flush_ticks(self) -> None:
         if self._ticks.flush(self.timeout_s):

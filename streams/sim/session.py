@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from streams.pipeline.topics import Topic
 from streams.runtime.config import Settings
 from streams.testing.worker import WorkerProcess
 from streams.tools.stack import Stack, answers, broker_address
@@ -31,7 +32,7 @@ def worker_running(settings: Settings, probe_s: float = 2.5) -> bool:
             **settings.kafka_client_config(),
         }
     )
-    clock = TopicPartition(settings.topic("clock"), 0)
+    clock = TopicPartition(settings.topic(Topic.CLOCK), 0)
     try:
         before = probe.get_watermark_offsets(clock, timeout=5)[1]
         time.sleep(probe_s)

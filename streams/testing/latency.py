@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from streams.pipeline.topics import Topic
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 
@@ -109,7 +110,7 @@ def measure(
     """Produce ``triggers`` rate-limit replies ``gap_s`` apart, their event times 1 ms
     apart from ``from_ms``; return latency figures (ms). Waits up to ``timeout_s`` for
     the last control record: a slow day lengthens the figures, not the outcome."""
-    with FirstSeen(settings, "throttle") as follower:
+    with FirstSeen(settings, Topic.THROTTLE) as follower:
         sent: dict[str, float] = {}
         with EventProducer(settings, overrides={"linger.ms": 0}) as producer:
             for i in range(triggers):

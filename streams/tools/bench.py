@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from streams.pipeline.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
@@ -183,7 +183,7 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
 
     # Encoded before the clock starts: the load generator shares the machine.
     codec = Codec.from_settings(settings.schema_registry_url)
-    topic = settings.topic("send")
+    topic = settings.topic(Topic.SEND)
     records = [
         (
             f"LAT-{i}",
@@ -192,7 +192,7 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
         )
         for i in range(n)
     ]
-    with FirstSeen(settings, "status") as follower:
+    with FirstSeen(settings, Topic.STATUS) as follower:
         with EventProducer(settings) as producer:
             # Not timed: an idempotent producer's first record waits for its producer id
             # and metadata (about 0.5 s here), which is start-up, not pipeline latency.
