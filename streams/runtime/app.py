@@ -31,7 +31,7 @@ from streams.pipeline.records import (
     progress_value,
     signal_output,
 )
-from streams.pipeline.topics import INPUT_TOPICS, TOPICS, Topic, input_streams
+from streams.pipeline.topics import INPUT_TOPICS, SCHEMA_FILES, TOPICS, Topic, input_streams
 from streams.pipeline.topology import CONTROL, INGEST, KPI, TOPOLOGY, check_handlers
 from streams.runtime import faust_patches, gc_tuning
 from streams.runtime.acks import InOrderAcks
@@ -50,7 +50,6 @@ from streams.runtime.validate import validate_event
 
 log = logging.getLogger(__name__)
 
-_AVRO_TOPICS = frozenset(spec.name for spec in TOPICS if spec.schema)
 # An agent's body: iterates the stream of its step's topics.
 Runner = Callable[[faust.StreamT], Coroutine[Any, Any, None]]
 TICK_INTERVAL_S = 1.0
@@ -154,7 +153,7 @@ def build_app(settings: Settings) -> Components:
 
     def send_outputs(outputs: list[Output]) -> None:
         for out in outputs:
-            avro = out.topic in _AVRO_TOPICS
+            avro = out.topic in SCHEMA_FILES
             value = codec.encode(out.topic, out.value) if avro else json_bytes(out.value)
             sink.produce(topic_names[out.topic], out.key.encode(), value)
 

@@ -195,7 +195,7 @@ class Replayer:
 
     @staticmethod
     def _not_internal(out: Output) -> list[Output]:
-        raise TopologyError(f"ingest reads input events only, not {out.topic!r} records")
+        raise TopologyError(f"ingest reads input events only, not '{out.topic}' records")
 
     def run_lines(self, lines: Iterable[str]) -> None:
         for number, line in enumerate(lines, 1):
