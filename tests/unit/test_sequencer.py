@@ -21,13 +21,13 @@ def _seq() -> Sequencer[str]:
 def test_nothing_is_released_before_every_stream_is_heard_of():
     seq = _seq()
     assert seq.add("send:0", 0, 5, "a")
-    assert seq.release() == []
+    assert list(seq.steps()) == []
     seq.claim("send:1", 100)
-    assert seq.release() == []
+    assert list(seq.steps()) == []
     seq.claim("bounce:0", 100)
-    assert seq.release() == []  # send:0 may still send at 5
+    assert list(seq.steps()) == []  # send:0 may still send at 5
     seq.claim("send:0", 6)
-    assert seq.release() == [("signal", 5, "a")]
+    assert list(seq.steps()) == [("signal", 5, "a")]
 
 
 def test_signals_and_ticks_come_in_event_time_order_below_the_watermark():
@@ -37,10 +37,10 @@ def test_signals_and_ticks_come_in_event_time_order_below_the_watermark():
     seq.add("send:0", 1, 25, "b")
     seq.claim("bounce:0", 40)
     # send:0's bound is 25 (its last signal): b waits, a and the tick at 20 go.
-    assert seq.release() == [("signal", 12, "a"), ("tick", 20, None)]
+    assert list(seq.steps()) == [("signal", 12, "a"), ("tick", 20, None)]
     seq.claim("send:0", 50)
     seq.claim("send:1", 40)
-    assert seq.release() == [
+    assert list(seq.steps()) == [
         ("signal", 25, "b"),
         ("tick", 30, None),
         ("signal", 31, "late-stream"),
@@ -54,7 +54,7 @@ def test_at_equal_times_streams_come_in_the_order_given():
     seq.add("bounce:0", 0, 10, "outcome")
     seq.add("send:1", 0, 10, "attempt 2")
     seq.add("send:0", 0, 10, "attempt 1")
-    steps = seq.release(until=11)
+    steps = list(seq.steps(until=11))
     assert [s[2] for s in steps] == ["attempt 1", "attempt 2", "outcome"]
 
 
@@ -62,7 +62,7 @@ def test_a_stream_whose_times_go_backwards_keeps_its_offset_order():
     seq = _seq()
     seq.add("send:0", 0, 30, "first")
     seq.add("send:0", 1, 10, "second")  # effective time 30
-    steps = seq.release(until=100)
+    steps = list(seq.steps(until=100))
     assert [s[2] for s in steps if s[0] == "signal"] == ["first", "second"]
     assert [s[1] for s in steps if s[0] == "signal"] == [30, 30]
 
@@ -72,11 +72,11 @@ def test_a_redelivered_signal_is_refused_and_stored_state_survives_a_restart():
     seq.add("send:0", 0, 12, "a")
     seq.add("send:0", 1, 14, "b")
     assert not seq.add("send:0", 1, 14, "b")  # held already
-    seq.release(until=13)
+    list(seq.steps(until=13))
     restored: Sequencer[str] = Sequencer.from_dict(seq.to_dict(), STREAMS, TICK)
     assert not restored.add("send:0", 0, 12, "a")  # released before the restart
     assert restored.add("send:0", 1, 14, "b")
-    assert restored.release(until=100)[0] == ("signal", 14, "b")
+    assert next(restored.steps(until=100)) == ("signal", 14, "b")
 
 
 def test_tick_must_be_positive():
@@ -107,7 +107,7 @@ def test_any_interleaving_claims_and_restarts_give_the_reference_order(per_strea
     reference = _seq()
     for stream, offset, t, item in signals:
         reference.add(stream, offset, t, item)
-    expected = reference.release(until=end)
+    expected = list(reference.steps(until=end))
 
     rng = random.Random(seed)
     queues = {s: [x for x in signals if x[0] == s] for s in STREAMS}
@@ -127,7 +127,7 @@ def test_any_interleaving_claims_and_restarts_give_the_reference_order(per_strea
                 rest = queues[s][sent[s] :]
                 seq.claim(s, rest[0][2] if rest else end)
         if rng.random() < 0.5:
-            got += seq.release()
+            got += list(seq.steps())
         if rng.random() < 0.3:
             stored = (seq.to_dict(), len(got))
         if rng.random() < 0.1:
@@ -137,5 +137,5 @@ def test_any_interleaving_claims_and_restarts_give_the_reference_order(per_strea
             del got[stored[1] :]
             for y in arrived:
                 seq.add(*y)
-    got += seq.release(until=end)
+    got += list(seq.steps(until=end))
     assert got == expected

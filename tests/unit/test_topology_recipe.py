@@ -73,10 +73,16 @@ def _edit(root: Path, path: str, find: str, put: str) -> None:
     target.write_text(text.replace(find, put))
 
 
-def _replay(root: Path) -> subprocess.CompletedProcess[str]:
+def _copy_package(root: Path) -> None:
+    shutil.copytree(ROOT / "streams", root / "streams")
+    shutil.copytree(ROOT / "schemas", root / "schemas")
+
+
+def _replay(root: Path, script: str = REPLAY) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the scratch copy's package, not the installed one."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run(
-        [sys.executable, "-c", REPLAY, str(root)],
+        [sys.executable, "-c", script, str(root)],
         cwd=root,
         env=env,
         capture_output=True,
@@ -88,8 +94,7 @@ def _replay(root: Path) -> subprocess.CompletedProcess[str]:
 def test_an_output_topic_added_by_the_recipe_is_refused_until_declared_then_routed_out(
     tmp_path,
 ):
-    shutil.copytree(ROOT / "streams", tmp_path / "streams")
-    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    _copy_package(tmp_path)
     for path, find, put in RECIPE:
         _edit(tmp_path, path, find, put)
 
@@ -172,34 +177,22 @@ print(json.dumps({"errors": replayer.errors, "state": list(replayer.final_state(
 
 
 def test_an_input_kind_added_by_the_recipe_is_replayed_through_the_domain(tmp_path):
-    shutil.copytree(ROOT / "streams", tmp_path / "streams")
-    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    _copy_package(tmp_path)
     schema = (ROOT / "schemas" / "send_event.avsc").read_text()
     (tmp_path / "schemas" / "ping_event.avsc").write_text(
         schema.replace('"name": "SendEvent"', '"name": "PingEvent"', 1)
     )
     for path, find, put in INPUT_KIND:
         _edit(tmp_path, path, find, put)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-
-    def replay() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", REPLAY_PING, str(tmp_path)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
 
     # Without the domain's reaction (step 4) the state machines refuse the family.
-    without = replay()
+    without = _replay(tmp_path, REPLAY_PING)
     assert without.returncode != 0
     assert "unknown event family 'ping'" in without.stderr
 
     for path, find, put in DOMAIN_REACTION:
         _edit(tmp_path, path, find, put)
-    done = replay()
+    done = _replay(tmp_path, REPLAY_PING)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["errors"] == []

@@ -98,15 +98,12 @@ class Sequencer(Generic[T]):
     def held(self) -> int:
         return len(self._held)
 
-    def release(self, until: int | None = None) -> list[Step[T]]:
-        """Release held signals below the watermark (or below ``until`` when given, for a
-        run whose input is known to be complete) and the ticks between them, in order."""
-        return list(self.steps(until))
-
     def steps(self, until: int | None = None, due: Due | None = None) -> Iterator[Step[T]]:
-        """``release`` one step at a time, ticking only from ``due`` on. Consume each step
-        before asking for the next: ``due`` is asked again after every step, since a
-        signal or a tick changes what the next tick could do."""
+        """Release held signals below the watermark (or below ``until`` when given, for a
+        run whose input is known to be complete) and the ticks between them, in order, one
+        step at a time; with ``due``, ticks only from it on. Consume each step before
+        asking for the next: ``due`` is asked again after every step, since a signal or a
+        tick changes what the next tick could do."""
         limit = self.watermark() if until is None else until
         if limit is None:
             return
