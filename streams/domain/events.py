@@ -6,12 +6,15 @@ decoder reads ``timestamp-millis`` fields as plain longs for that reason.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 Family = Literal["send", "bounce", "retry"]
 SendKind = Literal["relayed", "delivered"]
 BounceKind = Literal["sync", "async", "complaint"]
 RetryKind = Literal["deferred", "expired"]
+# Who decided a failure (optional ``origin`` of bounce and retry events; null is remote).
+Origin = Literal["remote", "local", "connection"]
+ORIGINS: tuple[Origin, ...] = ("remote", "local", "connection")
 
 
 class _Common(TypedDict):
@@ -38,6 +41,8 @@ class BounceEvent(_Common):
     mx_host: NotRequired[str | None]
     sending_ip: NotRequired[str | None]
     attempt: NotRequired[int | None]
+    origin: NotRequired[Origin | None]
+    vendor_class: NotRequired[str | None]
 
 
 class RetryEvent(_Common):
@@ -49,6 +54,16 @@ class RetryEvent(_Common):
     diagnostic: NotRequired[str | None]
     mx_host: NotRequired[str | None]
     sending_ip: NotRequired[str | None]
+    origin: NotRequired[Origin | None]
+    vendor_class: NotRequired[str | None]
 
 
 InputEvent = SendEvent | BounceEvent | RetryEvent
+
+
+def is_remote_verdict(event: Any) -> bool:
+    """A receiving server's reply, as opposed to the MTA's own doing (``local``: an
+    administrative bounce, a message held by a suspension) or a connection that got no
+    reply (``connection``: an outage). Only remote verdicts count against an address or
+    a domain's reputation; a send event is always one."""
+    return event.get("origin") in (None, "remote")

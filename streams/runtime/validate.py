@@ -12,6 +12,7 @@ import time
 import unicodedata
 from typing import Any
 
+from streams.domain.events import ORIGINS
 from streams.runtime.codec import DecodeError
 
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
@@ -79,7 +80,10 @@ def validate_event(family: str, event: dict[str, Any], now_ms: int | None = None
     diagnostic = event.get("diagnostic")
     if diagnostic is not None and len(diagnostic) > MAX_TEXT_LEN:
         raise _fail(f"diagnostic is {len(diagnostic)} characters long (max {MAX_TEXT_LEN})")
-    for name in ("mx_host", "sending_ip", "campaign_id"):
+    origin = event.get("origin")
+    if origin is not None and origin not in ORIGINS:
+        raise _fail(f"origin {origin[:40]!r} is not one of {', '.join(ORIGINS)}")
+    for name in ("mx_host", "sending_ip", "campaign_id", "vendor_class"):
         value = event.get(name)
         if value is not None and len(value) > MAX_ID_LEN:
             raise _fail(f"{name} is longer than {MAX_ID_LEN} characters")

@@ -16,8 +16,10 @@ PACKAGE = ROOT / "streams"
 LAYERS = {
     "domain": 0,
     "pipeline": 1,
+    "adapters": 1,
     "runtime": 2,
     "serving": 3,
+    "service": 3,
     "tools": 4,
     "sim": 4,
     "testing": 4,
@@ -73,6 +75,22 @@ def test_the_domain_imports_only_itself_the_standard_library_and_pure_helpers(pa
         and name != "__future__"
     )
     assert outside == []
+
+
+# The vendor adapters are pure conversions: the tools and the HTTP service do the I/O.
+ADAPTER_FORBIDDEN = {"confluent_kafka", "aiokafka", "faust", "redis", "aiohttp", "socket"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules() if _layer(p) == "adapters"],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_adapters_do_no_io_of_their_own(path):
+    imported = {name.split(".")[0] for name in _imports(path)}
+    in_pipeline = {n for n in _imports(path) if n.startswith("streams.pipeline")}
+    assert imported & ADAPTER_FORBIDDEN == set()
+    assert in_pipeline == set()
 
 
 def test_no_source_file_is_over_500_lines():

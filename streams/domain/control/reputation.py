@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from streams.domain.control.mx_rules import MxRules
-from streams.domain.events import Family, InputEvent
+from streams.domain.events import Family, InputEvent, is_remote_verdict
 from streams.domain.types import Qualification
 
 Outcome = Literal["attempt", "delivered", "hard", "soft", "block", "rate_limit", "complaint"]
@@ -111,6 +111,8 @@ def signal_from_event(
 ) -> Signal | None:
     """The reputation signal of one event (table in the module docstring)."""
     kind = event["kind"]
+    if not is_remote_verdict(event):
+        return None
     if family == "send" and kind != "delivered":
         return None
     if family == "retry" and kind != "deferred":

@@ -41,6 +41,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from streams.domain.events import is_remote_verdict
 from streams.domain.types import Qualification
 
 HealthState = Literal["valid", "with_errors", "quarantined", "denylisted"]
@@ -187,6 +188,8 @@ def _entry(family: str, event: dict[str, Any], q: Qualification | None) -> Entry
     kind = event["kind"]
     if family not in ("send", "bounce", "retry"):
         raise ValueError(f"unknown event family {family!r}")
+    if not is_remote_verdict(event):
+        return None
     if family == "send":
         return Entry(t, event_id, "success") if kind == "delivered" else None
     if family == "bounce" and kind == "complaint":

@@ -21,6 +21,10 @@ Rules (Adobe Campaign Enhanced MTA / Email Feedback Service):
   to [1 s, 3.5 days]. A delivery whose event time is at or before the deadline is a
   success however late it arrives.
 - A complaint leaves the status alone and sets ``complained``.
+- The MTA's own doing (``origin`` ``local``): a bounce it decided (an administrative
+  bounce, a policy rejection) is a final ``hard`` failure with the text's reason
+  (``Refused`` when no rule knows it); a deferral it decided (a message held back by a
+  suspension) changes nothing but the attempt count and the times seen.
 - Otherwise terminal states do not regress: the earliest terminal fact in event
   time decides (hard bounce, delivery, expiry), except the async hard bounce above.
   A late relayed or deferral changes nothing visible, except that an error before
@@ -43,6 +47,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from streams.domain.types import FailureType, Qualification
+
+# A bounce the MTA decided itself, whose text no bounce rule recognises.
+LOCAL_BOUNCE_REASON = "Refused"
+LOCAL_BOUNCE_RULE = "mta-local"
 
 MessageStatus = Literal["taken_into_account", "sent", "failed"]
 TAKEN_INTO_ACCOUNT: MessageStatus = "taken_into_account"
@@ -248,6 +256,14 @@ def _fact(t: int, event_id: str, q: Qualification, failure_type: FailureType) ->
     return ErrorFact(t, event_id, failure_type, q.failure_reason, q.bounce_class, q.rule)
 
 
+def _local_bounce_fact(t: int, event_id: str, q: Qualification | None) -> ErrorFact:
+    """The MTA dropped the message itself (administrative bounce, policy rejection): it is
+    final whatever the text's qualification says, and the reason is the text's if known."""
+    if q is None or q.failure_type in ("undefined", "ignored"):
+        return ErrorFact(t, event_id, "hard", LOCAL_BOUNCE_REASON, 0, LOCAL_BOUNCE_RULE)
+    return _fact(t, event_id, q, "hard")
+
+
 def apply(
     state: MessageState | None,
     family: str,
@@ -266,6 +282,8 @@ def apply(
     if attempt is not None:
         s.attempts = max(s.attempts, int(attempt))
     counts_as_error = q is None or q.failure_type != "ignored"
+    # The MTA's own doing: a bounce it decided is final; a hold it decided is no error.
+    local = event.get("origin") == "local"
 
     if family == "send":
         requested = event.get("validity_seconds")
@@ -284,8 +302,11 @@ def apply(
         if kind == "complaint":
             s.complained_at = _min(s.complained_at, t)
         elif kind in ("sync", "async"):
-            s.errored = s.errored or counts_as_error
-            if q is not None and q.failure_type == "hard":
+            s.errored = s.errored or counts_as_error or local
+            if local:
+                fact = _local_bounce_fact(t, event_id, q)
+                s.hard_sync = _earliest(s.hard_sync, fact)
+            elif q is not None and q.failure_type == "hard":
                 fact = _fact(t, event_id, q, "hard")
                 if kind == "sync":
                     s.hard_sync = _earliest(s.hard_sync, fact)
@@ -304,6 +325,8 @@ def apply(
             s.expired_at = _min(s.expired_at, t)
         else:
             raise ValueError(f"unknown retry kind {kind!r}")
+        if local and kind == "deferred":
+            return s
         s.errored = s.errored or counts_as_error
         if q is not None and counts_as_error:
             # The MTA still retries (or gave up on time), so even a "hard" reply is

@@ -1,0 +1,1 @@
+"""Vendor adapters: MTA records in, the project's input events out."""

@@ -1,0 +1,1 @@
+"""The HTTP service (`mta-feedback serve`): ingest webhooks and the KumoMTA TSA API."""
