@@ -6,6 +6,7 @@ Every field names its variable; a bad value fails fast with a message naming it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -82,6 +83,22 @@ def _text(raw: str) -> str:
 def _optional_path(raw: str) -> str:
     if raw and not Path(raw).is_file():
         raise ValueError(f"file {raw!r} does not exist")
+    return raw
+
+
+def _listen(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port (port 0 picks a free one)")
+    return raw
+
+
+def _cidrs(raw: str) -> str:
+    for part in raw.split(","):
+        try:
+            ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not an address or a network") from None
     return raw
 
 
@@ -206,6 +223,36 @@ class Settings:
         "Event time a valid, idle address stays tracked",
     )
 
+    # The HTTP service (`mta-feedback serve`): webhook ingest and the KumoMTA TSA API.
+    http_listen: str = _var(
+        "MTA_HTTP_LISTEN", "127.0.0.1:8008", _listen, "HTTP service address (host:port)"
+    )
+    http_trusted_cidrs: str = _var(
+        "MTA_HTTP_TRUSTED_CIDRS",
+        "127.0.0.0/8,::1/128",
+        _cidrs,
+        "Callers allowed on the KumoMTA routes (comma-separated networks)",
+    )
+    http_token: str = _var(
+        "MTA_HTTP_TOKEN", "", doc="Bearer token of the operator API", secret=True
+    )
+    webhook_user: str = _var("MTA_WEBHOOK_USER", "", doc="Basic auth user of SparkPost webhooks")
+    webhook_password: str = _var(
+        "MTA_WEBHOOK_PASSWORD", "", doc="Basic auth password of SparkPost webhooks", secret=True
+    )
+    http_max_body_bytes: int = _var(
+        "MTA_HTTP_MAX_BODY_BYTES",
+        32 * 1024 * 1024,
+        _int(1024, 1024 * 1024 * 1024),
+        "Largest request body the HTTP service reads (413 beyond)",
+    )
+    kumo_shaping_file: str = _var(
+        "MTA_KUMO_SHAPING_FILE",
+        "",
+        _optional_path,
+        "KumoMTA shaping.toml whose automation rules the controller applies too",
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -226,6 +273,8 @@ class Settings:
     def _check(self) -> None:
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ConfigError("MTA_SASL_MECHANISM must be set when MTA_SECURITY_PROTOCOL is SASL_*")
+        if bool(self.webhook_user) != bool(self.webhook_password):
+            raise ConfigError("MTA_WEBHOOK_USER and MTA_WEBHOOK_PASSWORD are set together")
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ConfigError(
                 "MTA_HEARTBEAT_INTERVAL_S must be at most a third of MTA_SESSION_TIMEOUT_S"

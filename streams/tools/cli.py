@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -267,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reputation", cmd_reputation, "show a key's rolling reputation window")
     p.add_argument("key", help="e.g. group:google, domain:gmail.com, ip_group:192.0.2.1|google")
     p.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    for name, module, text in (
+        ("convert", "streams.tools.convert", "print an MTA's own records as input events"),
+        ("ingest", "streams.tools.ingest", "send an MTA's own records to the input topics"),
+        ("serve", "streams.service.server", "run the HTTP service (webhooks, KumoMTA TSA API)"),
+        (
+            "follow-throttle",
+            "streams.tools.follow_throttle",
+            "turn throttle changes into an MTA's own control (PowerMTA, JSON lines)",
+        ),
+    ):
+        tool = importlib.import_module(module)
+        p = add(name, tool.run, text)
+        tool.add_arguments(p)
     p = add("dlq", cmd_dlq, "print dead letters (reason and source) from the dead-letter topic")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--wait", type=float, default=3.0, help="seconds without news to stop")

@@ -1,0 +1,78 @@
+"""Adapter results → Kafka records, for ``mta-feedback ingest`` and the HTTP service.
+
+An event is encoded with the input schema and checked exactly as the workers check what
+they read (``validate_event``): one that would be dead-lettered there is dead-lettered
+here, with its raw text, before it reaches an input topic. A ``Bad`` result becomes a dead
+letter with the adapter's reason; a ``Skip`` becomes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from streams.adapters.base import Bad, Event, Result, Skip
+from streams.pipeline.topics import Topic
+from streams.runtime.codec import Codec, DecodeError
+from streams.runtime.validate import validate_event
+
+# error_kind of a dead letter from a vendor record (the workers use decode / invalid /
+# processing for what they read).
+VENDOR = "vendor"
+
+
+class Record(NamedTuple):
+    topic: Topic  # an input family, or the dead-letter topic
+    key: bytes | None
+    value: bytes
+    error: str | None  # the reason, for a dead letter
+
+
+def dead_letter(
+    codec: Codec, source: str, index: int, raw: str, reason: str, kind: str = VENDOR
+) -> Record:
+    """A dead letter for a vendor record: ``source`` names where it came from (a file or
+    an HTTP route), ``index`` its line or its place in the batch."""
+    value = {
+        "event_time": int(time.time() * 1000),
+        "source_topic": source,
+        "source_partition": -1,
+        "source_offset": index,
+        "key": None,
+        "value": raw.encode("utf-8", "replace"),
+        "error": reason[:1000],
+        "error_kind": kind,
+    }
+    return Record(Topic.DLQ, None, codec.encode(Topic.DLQ, value), reason)
+
+
+def to_record(
+    codec: Codec,
+    result: Result,
+    source: str,
+    index: int,
+    names: Mapping[str, str] | None = None,
+) -> Record | None:
+    """The record to produce for one adapter result (None for a skipped one). ``names``
+    maps a family to its full topic name, for the registry subject (``<topic>-value``)
+    that ``EventProducer`` uses too."""
+    if isinstance(result, Skip):
+        return None
+    if isinstance(result, Bad):
+        return dead_letter(codec, source, index, result.raw, result.reason)
+    assert isinstance(result, Event)
+    family = Topic(result.family)
+    try:
+        subject = f"{names[family]}-value" if names else None
+        value = codec.encode(family, dict(result.event), subject=subject)
+        validate_event(family, codec.decode(family, value))
+    except DecodeError as exc:
+        raw = json.dumps(result.to_json(), sort_keys=True)
+        return dead_letter(codec, source, index, raw, exc.reason, exc.kind)
+    except (ValueError, TypeError, KeyError) as exc:
+        raw = json.dumps(result.to_json(), sort_keys=True, default=str)
+        reason = f"does not fit the {family} schema: {exc}"
+        return dead_letter(codec, source, index, raw, reason, "invalid")
+    return Record(family, str(result.event["recipient"]).encode(), value, None)
