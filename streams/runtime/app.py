@@ -19,7 +19,6 @@ import orjson
 from faust.types import EventT
 
 from streams.domain.bounce.qualifier import load_qualifier
-from streams.domain.control.mx_rules import load_mx_rules
 from streams.pipeline.control import ControlProcessor
 from streams.pipeline.feedback import FeedbackProcessor
 from streams.pipeline.kpi import KpiAggregator
@@ -114,7 +113,7 @@ def build_app(settings: Settings) -> Components:
         return created
 
     qualifier = load_qualifier(settings.bounce_rules_file or None)
-    rules = load_mx_rules(settings.mx_rules_file or None)
+    rules = settings.mx_rules()
     parts = Components(
         app=app,
         codec=codec,

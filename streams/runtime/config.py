@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streams.domain.control.mx_rules import MxRules, load_mx_rules
 from streams.domain.recipient.address_health import QuarantinePolicy
 from streams.domain.recipient.message_status import ValidityPolicy
 from streams.pipeline.feedback import PipelineConfig
@@ -298,6 +299,11 @@ class Settings:
             message_retention_ms=self.message_retention_s * 1000,
             address_retention_ms=self.address_retention_s * 1000,
         )
+
+    def mx_rules(self) -> MxRules:
+        """The MX rules every worker and ``replay`` use: shipped, the operator's file, and
+        the automation rules of the operator's KumoMTA shaping file."""
+        return load_mx_rules(self.mx_rules_file or None, self.kumo_shaping_file or None)
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name such as ``send`` or ``status``."""

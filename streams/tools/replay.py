@@ -262,7 +262,7 @@ def run(
     replayer = Replayer(
         load_qualifier(settings.bounce_rules_file or None),
         settings.pipeline_config(),
-        rules=load_mx_rules(settings.mx_rules_file or None),
+        rules=settings.mx_rules(),
         partitions=settings.partitions,
     )
     try:

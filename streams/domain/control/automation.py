@@ -51,7 +51,8 @@ SetConfig / SetDomainConfig, other names        ignored with a warning (no such 
 A KumoMTA rule whose actions are all ignored is dropped (with the warnings above).
 Triggers: ``"Immediate"`` and ``{Threshold="N/period"}`` (period s|sec|second,
 m|min|minute, h|hr|hour, d|day; "1,000" and "1_000" accepted). ``match_internal`` is
-ignored: we never see KumoMTA-internal responses. Malformed rules raise
+ignored: KumoMTA-internal responses arrive as the MTA's own doing (origin ``local``)
+and make no signal, so no rule counts them. Malformed rules raise
 ``AutomationError`` naming the rule's location and the problem.
 """
 

@@ -31,7 +31,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from streams.domain.control.automation import AutomationError, AutomationRule, parse_rule
+from streams.domain.control.automation import (
+    AutomationError,
+    AutomationRule,
+    load_kumo_shaping,
+    parse_rule,
+)
 
 SHIPPED_FILE = "mx_rules.toml"
 DEFAULT_GROUP = "default"
@@ -152,8 +157,11 @@ class MxRules:
         return DEFAULT_GROUP
 
 
-def load_mx_rules(operator_file: str | Path | None = None) -> MxRules:
-    """Shipped rules, with ``operator_file`` merged over them when given."""
+def load_mx_rules(
+    operator_file: str | Path | None = None, kumo_shaping: str | Path | None = None
+) -> MxRules:
+    """Shipped rules, with ``operator_file`` merged over them when given, plus the
+    automation rules of an operator's KumoMTA ``shaping.toml`` (``load_kumo_shaping``)."""
     shipped_text = (
         resources.files("streams.domain.control").joinpath(SHIPPED_FILE).read_text("utf-8")
     )
@@ -195,7 +203,15 @@ def load_mx_rules(operator_file: str | Path | None = None) -> MxRules:
             rules.append(parse_rule(table, source))
         except AutomationError as exc:
             raise MxRulesError(str(exc)) from None
-    return MxRules(resolved, rules)
+    loaded = MxRules(resolved, rules)
+    if kumo_shaping is not None:
+        try:
+            loaded.automation += load_kumo_shaping(
+                Path(kumo_shaping), group_of=lambda domain: loaded.group_for(domain)
+            )
+        except (AutomationError, OSError) as exc:
+            raise MxRulesError(f"{kumo_shaping}: {exc}") from None
+    return loaded
 
 
 def _parse(text: str, label: str) -> dict[str, Any]:
