@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-views", action="store_true", help="do not write the Redis views")
     add("views", cmd_views, "run only the Redis view updater")
     p = add("replay", cmd_replay, "run the pipeline over a JSON-lines file, no broker")
-    p.add_argument("file", help="input events, one JSON object per line")
+    p.add_argument("file", help="input events, one JSON object per line ('-' for stdin)")
     p = add("qualify", cmd_qualify, "qualify SMTP replies or DSN/ARF messages")
     from streams.tools import qualify
 

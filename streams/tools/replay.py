@@ -266,8 +266,11 @@ def run(
         partitions=settings.partitions,
     )
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            replayer.run_lines(fh)
+        if path == "-":
+            replayer.run_lines(sys.stdin)
+        else:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                replayer.run_lines(fh)
     except OSError as exc:
         print(f"mta-feedback replay: cannot read {path}: {exc.strerror}", file=err)
         return 2
