@@ -1,13 +1,15 @@
 """One settings object, read from environment variables, with defaults for the embedded stack.
 
 Every field names its variable; a bad value fails fast with a message naming it.
-`mta-feedback config` prints the effective settings (secrets masked).
+`mta-feedback config` prints the effective settings (secrets masked, inside URLs too).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +21,7 @@ from streams.domain.recipient.message_status import ValidityPolicy
 from streams.pipeline.feedback import PipelineConfig
 
 _DAY_S = 86_400
+MASK = "****"
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,13 @@ def _choice(*options: str) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be one of debug, info, warning, error (any case)")
+    return level
 
 
 def _bool(raw: str) -> bool:
@@ -164,9 +174,7 @@ class Settings:
         "MTA_BOUNCE_RULES_FILE", "", _optional_path, "Operator bounce rules (TOML)"
     )
     mx_rules_file: str = _var("MTA_MX_RULES_FILE", "", _optional_path, "Operator MX rules (TOML)")
-    log_level: str = _var(
-        "MTA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "Log level"
-    )
+    log_level: str = _var("MTA_LOG_LEVEL", "info", _log_level, "Log level (any case)")
     redis_views: bool = _var("MTA_REDIS_VIEWS", True, _bool, "Write the Redis serving views")
     security_protocol: str = _var(
         "MTA_SECURITY_PROTOCOL",
@@ -251,7 +259,8 @@ class Settings:
         "MTA_KUMO_SHAPING_FILE",
         "",
         _optional_path,
-        "KumoMTA shaping.toml whose automation rules the controller applies too",
+        "KumoMTA shaping.toml: its automation rules join the controller's; its limits cap "
+        "what the KumoMTA TSA API publishes",
     )
 
     @classmethod
@@ -266,7 +275,10 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw.strip())
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+                shown, detail = MASK if f.metadata["secret"] else mask_secrets(raw), str(exc)
+                for secret in [raw] if f.metadata["secret"] else url_secrets(raw):
+                    detail = detail.replace(secret, MASK)
+                raise ConfigError(f"{name}={shown!r}: {detail}") from None
         settings = cls(**values)
         settings._check()
         return settings
@@ -309,14 +321,22 @@ class Settings:
         """Full topic name for a logical name such as ``send`` or ``status``."""
         return f"{self.topic_prefix}.{name}"
 
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(variable, effective value, doc) rows, secrets masked."""
+    def masked(self) -> list[tuple[str, Any, str]]:
+        """(variable, effective value, doc) rows with every secret masked: secret settings
+        whole, and passwords and secret-looking query parameters inside URLs."""
         rows = []
         for f in fields(self):
             value = getattr(self, f.name)
-            shown = "****" if f.metadata["secret"] and value else str(value)
-            rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+            if f.metadata["secret"] and value:
+                value = MASK
+            elif isinstance(value, str):
+                value = mask_secrets(value)
+            rows.append((f.metadata["env"], value, f.metadata["doc"]))
         return rows
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value, doc) rows as text, secrets masked."""
+        return [(env, str(value), doc) for env, value, doc in self.masked()]
 
     def kafka_client_config(self) -> dict[str, Any]:
         """Security settings in librdkafka (confluent-kafka) spelling.
@@ -351,3 +371,79 @@ class KafkaAuthError(ConfigError):
 
 
 ENV_VARS: frozenset[str] = frozenset(f.metadata["env"] for f in fields(Settings))
+# Read with os.environ outside the settings object (docs/operations.md lists them).
+OUTSIDE_VARS: frozenset[str] = frozenset(
+    {
+        "MTA_SCHEMA_DIR",
+        "MTA_RELIABILITY",
+        "MTA_FAUST_PATCH_CHECK",
+        "MTA_CORPORA_DIR",
+        "MTA_FUZZ_EXAMPLES",
+    }
+)
+KNOWN_VARS: frozenset[str] = ENV_VARS | OUTSIDE_VARS
+
+# A comma that starts another URL (lists of registry URLs), and a URL's scheme.
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the secrets of the URLs in it masked (a comma-separated list too).
+
+    In each URL: the password of the user info (``user:****@``; a user info with no ``:``
+    is masked whole, as some services take a token there) and the values of query
+    parameters whose name looks secret (password, secret, token, key, auth...). The user
+    info ends at the URL's last ``@``, so a password with an unencoded ``@``, ``/``, ``?``
+    or ``#`` is masked whole as well.
+    """
+    return ",".join(_mask_url(part)[0] for part in _NEXT_URL.split(text))
+
+
+def url_secrets(text: str) -> list[str]:
+    """The secrets ``mask_secrets`` masks in ``text``, longest first: for free text that
+    may quote the value (a parser's error message)."""
+    found = {secret for part in _NEXT_URL.split(text) for secret in _mask_url(part)[1]}
+    return sorted(found, key=len, reverse=True)
+
+
+def _mask_url(text: str) -> tuple[str, list[str]]:
+    """The URL masked, and the secrets taken out."""
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return text, []
+    secrets = []
+    userinfo, at, rest = text[scheme.end() :].rpartition("@")
+    if at and userinfo:
+        user, colon, password = userinfo.partition(":")
+        secret = password if colon else userinfo
+        if secret:
+            secrets.append(secret)
+            userinfo = f"{user}:{MASK}" if colon else MASK
+    base, hash_, fragment = rest.partition("#")
+    path, question, query = base.partition("?")
+    if question:
+        params = []
+        for param in query.split("&"):
+            name, equals, value = param.partition("=")
+            if equals and value and _SECRET_PARAM.search(name):
+                secrets.append(value)
+                param = f"{name}={MASK}"
+            params.append(param)
+        query = "&".join(params)
+    return f"{scheme.group()}{userinfo}{at}{path}{question}{query}{hash_}{fragment}", secrets
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``MTA_*`` variable in ``environ`` that nothing reads (a typo would
+    otherwise be ignored), with the closest known name when one is close."""
+    known = sorted(KNOWN_VARS)
+    lines = []
+    for name in sorted(environ):
+        if not name.upper().startswith("MTA_") or name in KNOWN_VARS:
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name} is not a known variable and is ignored{hint}")
+    return lines
