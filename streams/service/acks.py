@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.pipeline.topics import Topic
 from streams.runtime.config import Settings
+from streams.runtime.sink import producer_config
 from streams.runtime.vendor_records import Record
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,12 @@ class AsyncProducer:
         self.settings = settings
         self.ack_timeout_s = ack_timeout_s
         self._topics = {topic: settings.topic(topic) for topic in Topic}
-        client = settings.kafka_client_config()
-        self._auth_error_cb: Callable[[KafkaError], None] | None = client.pop("error_cb", None)
-        self._conf: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": settings.linger_ms,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 500000,
-            # Keyed records land where the project's other producers put them.
-            "partitioner": "murmur2_random",
-            "delivery.timeout.ms": max(1000, int(ack_timeout_s * 1000)),
-            "error_cb": self._on_error,
-            **client,
-            **(overrides or {}),
-        }
+        conf = producer_config(
+            settings,
+            {"delivery.timeout.ms": max(1000, int(ack_timeout_s * 1000)), **(overrides or {})},
+        )
+        self._auth_error_cb: Callable[[KafkaError], None] | None = conf.pop("error_cb", None)
+        self._conf: dict[str, Any] = {**conf, "error_cb": self._on_error}
         self._producer = Producer(self._conf)
         self._fatal = False
         self._in_flight = 0
