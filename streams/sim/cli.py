@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from streams.sim.runner import SimConfig, SimResult, simulate
+from streams.sim.runner import Progress, SimConfig, SimResult, simulate
+from streams.tools.progress import Bar, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +30,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _follow(bar: Bar) -> Callable[[Progress], None] | None:
+    """Moves ``bar`` by messages that reached a final status, noting the virtual time."""
+    if not bar.shown:
+        return None
+
+    def on_step(p: Progress) -> None:
+        elapsed_min = (p.t_ms - p.start_ms) // 60_000
+        day, minute = divmod(elapsed_min, 24 * 60)
+        note = f"virtual time day {day} {minute // 60:02d}:{minute % 60:02d}"
+        bar.update(p.recipients - p.pending, total=p.recipients, note=note)
+
+    return on_step
+
+
 def _one(config: SimConfig, in_process: bool) -> SimResult:
+    total = config.spec().recipients
+    with progress_bar(f"simulate {config.mode}", total, unit="messages final") as bar:
+        return _run(config, in_process, _follow(bar))
+
+
+def _run(
+    config: SimConfig, in_process: bool, on_step: Callable[[Progress], None] | None
+) -> SimResult:
     if in_process:
         from streams.sim.control import InProcessControlPlane
 
-        return simulate(config, InProcessControlPlane())
+        return simulate(config, InProcessControlPlane(), on_step=on_step)
     from streams.runtime.config import Settings
     from streams.sim.kafka_control import KafkaControlPlane
     from streams.sim.session import pipeline
@@ -44,7 +68,7 @@ def _one(config: SimConfig, in_process: bool) -> SimResult:
     with pipeline(Settings.from_env(), label, say) as settings:
         control = KafkaControlPlane(settings)
         try:
-            return simulate(config, control)
+            return simulate(config, control, on_step=on_step)
         finally:
             control.close()
 

@@ -38,6 +38,7 @@ from streams.testing import latency as feedback_latency
 from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
 from streams.testing.worker import WorkerProcess, committed_input
+from streams.tools.progress import Bar, progress_bar
 from streams.tools.stack import Stack, answers, broker_address
 
 # A Faust agent doing only the baseline's work, under the worker's configuration.
@@ -222,6 +223,17 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
     }
 
 
+# What the progress bar shows, in order.
+_PHASES = (
+    "producing events",
+    "baseline consumer",
+    "bare Faust agent",
+    "pipeline worker",
+    "latency",
+    "feedback latency",
+)
+
+
 def run(
     n_events: int,
     seed: int = 1,
@@ -229,7 +241,18 @@ def run(
     base: Settings | None = None,
     load: float = 0.5,
 ) -> dict[str, Any]:
-    base = base or Settings.from_env()
+    """The measures of this module's docstring; with stderr a terminal, a bar shows the phase."""
+    with progress_bar("bench", len(_PHASES), unit="phases") as bar:
+        return _measure(n_events, seed, latency_seconds, base or Settings.from_env(), load, bar)
+
+
+def _phase(bar: Bar, name: str) -> None:
+    bar.update(_PHASES.index(name), note=name)
+
+
+def _measure(
+    n_events: int, seed: int, latency_seconds: float, base: Settings, load: float, bar: Bar
+) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}"
     settings = dataclasses.replace(base, topic_prefix=prefix, app_id=prefix)
     stack = Stack(settings)
@@ -237,16 +260,20 @@ def run(
     stack.up()
     worker: WorkerProcess | None = None
     try:
+        _phase(bar, "producing events")
         events = _events(n_events, seed, "B")
         produce_s = _produce(settings, events)
         print(f"produced {len(events)} events in {produce_s:.1f}s", file=sys.stderr)
+        _phase(bar, "baseline consumer")
         baseline = asyncio.run(_baseline(settings, len(events)))
         print(f"baseline {baseline:.0f} events/s", file=sys.stderr)
         run_dir = Path(settings.run_dir)
         bare_settings = dataclasses.replace(settings, app_id=f"{prefix}-bare")
+        _phase(bar, "bare Faust agent")
         bare = _pipeline(bare_settings, len(events), run_dir / f"{prefix}-bare.log", BARE_AGENT)
         bare.worker.stop()
         print(f"bare Faust agent {bare.eps:.0f} events/s", file=sys.stderr)
+        _phase(bar, "pipeline worker")
         measured = _pipeline(settings, len(events), run_dir / f"{prefix}-worker.log")
         pipeline, start_rss, worker = measured.eps, measured.start_rss_mb, measured.worker
         print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
@@ -256,8 +283,10 @@ def run(
         # Event time goes on from the loaded events: a jump of days would make the worker
         # expire and retire the loaded messages at once (a 1 s stall in the first seconds).
         last_ms = max(event["event_time"] for _, event in events)
+        _phase(bar, "latency")
         latency = _latency(settings, pipeline * load, latency_seconds, last_ms)
         # Feedback after that load, its event times going on from the latency events'.
+        _phase(bar, "feedback latency")
         feedback = feedback_latency.measure(settings, last_ms + latency["latency_events"] + 2)
         return {
             "events": len(events),

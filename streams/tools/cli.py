@@ -1,19 +1,40 @@
-"""``mta-feedback``: one command for operators, with a subcommand per task."""
+"""``mta-feedback``: one command for operators, with a subcommand per task.
+
+Exit codes (docs/operations.md): 0 done, 1 not found (or a check that failed), 2 usage or
+configuration error (as argparse), 3 a service the command needs is unreachable or refuses
+the credentials.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-from streams.runtime.config import ConfigError, Settings
+from streams.runtime.config import (
+    ConfigError,
+    KafkaAuthError,
+    Settings,
+    mask_secrets,
+    unknown_variables,
+)
+
+if TYPE_CHECKING:
+    from streams.serving.views import ViewStore
 
 log = logging.getLogger("mta_feedback")
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
 
 def _settings() -> Settings:
@@ -21,15 +42,99 @@ def _settings() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         print(f"mta-feedback: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
 
 
-def cmd_config(_args: argparse.Namespace) -> int:
-    rows = _settings().describe()
-    width = max(len(env) for env, _, _ in rows)
-    for env, value, doc in rows:
-        print(f"{env:{width}} {value:28} {doc}")
+def _fail(args: argparse.Namespace, text: str, code: int) -> int:
+    """One line on stderr naming the command, and its exit code."""
+    print(f"mta-feedback {args.command}: {text}", file=sys.stderr)
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def config_lines(settings: Settings, as_json: bool) -> list[str]:
+    """What ``config`` prints: a table, or one JSON object variable → {value, doc}."""
+    if as_json:
+        rows = settings.masked()
+        return [json.dumps({env: {"value": value, "doc": doc} for env, value, doc in rows})]
+    text = settings.describe()
+    width = max(len(env) for env, _, _ in text)
+    return [f"{env:{width}} {value:28} {doc}" for env, value, doc in text]
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    for line in config_lines(_settings(), args.json):
+        print(line)
     return 0
+
+
+def _with_views(
+    func: Callable[[argparse.Namespace, ViewStore], int],
+) -> Callable[[argparse.Namespace], int]:
+    """Runs ``func`` over the Redis views; Redis unreachable or refusing the login is one
+    line and exit code 3, not a traceback."""
+
+    @functools.wraps(func)
+    def command(args: argparse.Namespace) -> int:
+        import redis
+
+        from streams.serving.views import ViewStore
+
+        settings = _settings()
+        where = mask_secrets(settings.redis_url)
+        try:
+            store = ViewStore.from_settings(settings)
+        except ValueError as exc:
+            return _fail(args, f"REDIS_URL={where}: {exc}", EXIT_USAGE)
+        try:
+            return func(args, store)
+        except redis.AuthenticationError as exc:
+            text = f"Redis at {where} refused the login: {_first_line(exc)}"
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            text = f"Redis at {where} is unreachable: {_first_line(exc)}"
+        except redis.RedisError as exc:  # not Redis, or a user without the permissions
+            text = f"Redis at {where} cannot be used: {_first_line(exc)}"
+        return _fail(args, text, EXIT_UNREACHABLE)
+
+    return command
+
+
+def _check_broker(
+    args: argparse.Namespace, settings: Settings, topic: str | None = None
+) -> int | None:
+    """None when the broker answers (and has ``topic``); else one line and exit code 3 (1
+    for a missing topic). A Kafka client alone would retry, log and time out quietly."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streams.tools.stack import answers
+
+    servers = settings.bootstrap_servers
+    if not any(
+        answers(host.strip("[]"), int(port), timeout=2.0)
+        for host, _, port in (s.strip().rpartition(":") for s in servers.split(","))
+    ):
+        return _fail(args, f"Kafka broker at {servers} is unreachable", EXIT_UNREACHABLE)
+    quiet = logging.getLogger("mta_feedback.broker_check")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    admin = AdminClient(
+        {"bootstrap.servers": servers, "logger": quiet, **settings.kafka_client_config()}
+    )
+    try:
+        topics = admin.list_topics(timeout=5).topics
+    except KafkaException as exc:
+        text = f"something answers at {servers}, but not as a Kafka broker: {_first_line(exc)}"
+        return _fail(args, text, EXIT_UNREACHABLE)
+    except KafkaAuthError as exc:
+        return _fail(args, str(exc), EXIT_UNREACHABLE)
+    if topic is not None and settings.topic(topic) not in topics:
+        return _fail(args, f"topic {settings.topic(topic)} does not exist", EXIT_NOT_FOUND)
+    return None
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -91,7 +196,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return replay.run(args.file, settings=_settings())
     except (RulesError, MxRulesError) as exc:
         print(f"mta-feedback replay: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def cmd_qualify(args: argparse.Namespace) -> int:
@@ -103,7 +208,7 @@ def cmd_qualify(args: argparse.Namespace) -> int:
 def _print_record(title: str, record: dict[str, Any] | None, as_json: bool) -> int:
     if record is None:
         print(f"{title}: not found", file=sys.stderr)
-        return 1
+        return EXIT_NOT_FOUND
     if as_json:
         print(json.dumps(record, sort_keys=True))
         return 0
@@ -117,10 +222,8 @@ def _print_record(title: str, record: dict[str, Any] | None, as_json: bool) -> i
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from streams.serving.views import ViewStore
-
-    store = ViewStore.from_settings(_settings())
+@_with_views
+def cmd_status(args: argparse.Namespace, store: ViewStore) -> int:
     if args.message:
         return _print_record(f"message {args.message}", store.read("msg", args.message), args.json)
     if args.address:
@@ -138,14 +241,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args.events, args.seed, args.latency_load)
 
 
-def cmd_throttle(args: argparse.Namespace) -> int:
+@_with_views
+def cmd_throttle(args: argparse.Namespace, store: ViewStore) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from streams.pipeline.records import THROTTLE_FIELDS
-    from streams.serving.views import ViewStore
 
-    store = ViewStore.from_settings(_settings())
     if args.key:
         return _print_record(f"throttle {args.key}", store.read("throttle", args.key), args.json)
     rows = sorted(store.scan("throttle"), key=lambda r: str(r.get("key")))
@@ -165,26 +267,31 @@ def cmd_throttle(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reputation(args: argparse.Namespace) -> int:
-    from streams.serving.views import ViewStore
-
-    store = ViewStore.from_settings(_settings())
+@_with_views
+def cmd_reputation(args: argparse.Namespace, store: ViewStore) -> int:
     return _print_record(f"reputation {args.key}", store.read("reputation", args.key), args.json)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.serving.consumer import OutputConsumer
 
+    settings = _settings()
+    failed = _check_broker(args, settings, "dlq")
+    if failed is not None:
+        return failed
     shown = 0
-    with OutputConsumer(_settings(), "dlq") as consumer:
-        for record in consumer.records(idle_timeout=args.wait, max_wait=args.wait * 10):
-            value = dict(record.value)
-            value["value"] = f"<{len(value['value'] or b'')} bytes>"
-            value["key"] = None if value["key"] is None else f"<{len(value['key'])} bytes>"
-            print(json.dumps(value, sort_keys=True))
-            shown += 1
-            if shown >= args.limit:
-                break
+    try:
+        with OutputConsumer(settings, "dlq") as consumer:
+            for record in consumer.records(idle_timeout=args.wait, max_wait=args.wait * 10):
+                value = dict(record.value)
+                value["value"] = f"<{len(value['value'] or b'')} bytes>"
+                value["key"] = None if value["key"] is None else f"<{len(value['key'])} bytes>"
+                print(json.dumps(value, sort_keys=True))
+                shown += 1
+                if shown >= args.limit:
+                    break
+    except KafkaAuthError as exc:
+        return _fail(args, str(exc), EXIT_UNREACHABLE)
     print(f"{shown} dead letters", file=sys.stderr)
     return 0
 
@@ -199,12 +306,18 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     from streams.runtime.producer import EventProducer, ProducerError
     from streams.testing.sample import SampleCampaign
 
+    settings = _settings()
+    failed = _check_broker(args, settings)
+    if failed is not None:
+        return failed
     campaign = SampleCampaign(recipients=args.recipients, seed=args.seed, delivery_id=args.delivery)
     events = campaign.events()
     try:
-        with EventProducer(_settings()) as producer:
+        with EventProducer(settings) as producer:
             for family, event in events:
                 producer.send(family, event)
+    except KafkaAuthError as exc:
+        return _fail(args, str(exc), EXIT_UNREACHABLE)
     except ProducerError as exc:
         print(f"mta-feedback produce-sample: {exc}", file=sys.stderr)
         return 1
@@ -216,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mta-feedback",
         description="Feedback and control plane of an Enhanced-MTA style sending platform.",
+        epilog="Exit codes: 0 done, 1 not found, 2 usage or configuration error, "
+        "3 a service (Redis, the broker) unreachable or refusing the credentials.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
@@ -224,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("config", cmd_config, "print the effective settings and their variables")
+    p = add("config", cmd_config, "print the effective settings and their variables")
+    p.add_argument("--json", action="store_true", help="one JSON object, for machines")
     p = add("stack", cmd_stack, "start, stop or inspect the embedded broker and Redis")
     p.add_argument("action", choices=["up", "down", "status"])
     p = add("worker", cmd_worker, "run a stream worker (Faust) and the Redis view updater")
@@ -287,9 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("mta-feedback")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    # Once per command, from the process environment; library use of Settings never warns.
+    for line in unknown_variables(os.environ):
+        print(f"mta-feedback: warning: {line}", file=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's own flush at exit
+        # from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ throttle settings equal a live run's over the same input.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -52,6 +54,7 @@ from streams.pipeline.topology import (
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.config import Settings
 from streams.runtime.validate import validate_event
+from streams.tools.progress import Bar, progress_bar
 
 _TIME_FIELDS = ("event_time", "next_attempt_time")
 
@@ -251,13 +254,48 @@ class Replayer:
             }
 
 
+def _counted(
+    lines: Iterable[str], bar: Bar, position: Callable[[], int] | None = None
+) -> Iterator[str]:
+    """``lines``, moving ``bar`` every few hundred lines and at the end to ``position()``
+    (bytes read), or to the number of lines without one."""
+    number = 0
+    for number, line in enumerate(lines, 1):
+        if number % 256 == 0:
+            bar.update(position() if position else number)
+        yield line
+    bar.update(position() if position else number)
+
+
+def _file_size(fh: TextIO) -> int | None:
+    """The size of the regular file behind ``fh``; None for a pipe, a terminal or no file."""
+    try:
+        info = os.fstat(fh.fileno())
+    except (OSError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _read(replayer: Replayer, fh: TextIO, name: str, err: TextIO) -> None:
+    """Feeds ``fh`` to ``replayer``, with a bar by bytes for a file, by lines for a pipe."""
+    size = _file_size(fh)
+    if size is not None:
+        with progress_bar(f"replay {name}", size, in_bytes=True, stream=err) as bar:
+            replayer.run_lines(_counted(fh, bar, fh.buffer.tell))
+    else:
+        with progress_bar(f"replay {name}", unit="lines", stream=err) as bar:
+            replayer.run_lines(_counted(fh, bar))
+
+
 def run(
     path: str,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     settings: Settings | None = None,
 ) -> int:
-    """Replay with the workers' configuration: operator rule files and thresholds."""
+    """Replay with the workers' configuration: operator rule files and thresholds.
+
+    With ``err`` a terminal, a progress bar follows the bytes read (lines from a pipe)."""
     settings = settings or Settings.from_env()
     replayer = Replayer(
         load_qualifier(settings.bounce_rules_file or None),
@@ -267,10 +305,10 @@ def run(
     )
     try:
         if path == "-":
-            replayer.run_lines(sys.stdin)
+            _read(replayer, sys.stdin, "stdin", err)
         else:
             with open(path, encoding="utf-8", errors="replace") as fh:
-                replayer.run_lines(fh)
+                _read(replayer, fh, os.path.basename(path), err)
     except OSError as exc:
         print(f"mta-feedback replay: cannot read {path}: {exc.strerror}", file=err)
         return 2

@@ -1,6 +1,22 @@
-import pytest
+import re
+from pathlib import Path
+from urllib.parse import quote
 
-from streams.runtime.config import ENV_VARS, ConfigError, Settings
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from streams.runtime.config import (
+    ENV_VARS,
+    KNOWN_VARS,
+    OUTSIDE_VARS,
+    ConfigError,
+    Settings,
+    mask_secrets,
+    unknown_variables,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_target_the_embedded_stack():
@@ -130,3 +146,149 @@ def test_replay_uses_the_configured_thresholds(tmp_path):
 
     assert address_state({}) == "with_errors"
     assert address_state({"MTA_QUARANTINE_SOFT_THRESHOLD": "1"}) == "quarantined"
+
+
+# --- secrets, log level, unknown variables ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:s3cret@host:6379/0", "redis://u:****@host:6379/0"),
+        ("redis://:s3cret@host", "redis://:****@host"),
+        ("redis://tok3n@host", "redis://****@host"),  # a lone user info can be a token
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://u:@host", "redis://u:@host"),
+        ("redis://u:p@ss/w?rd#x@host:1/0", "redis://u:****@host:1/0"),  # unencoded
+        (
+            "rediss://h/0?ssl_ca_certs=/ca.pem&password=pw&Api-Key=k&token=&x=1#top",
+            "rediss://h/0?ssl_ca_certs=/ca.pem&password=****&Api-Key=****&token=&x=1#top",
+        ),
+        (
+            "http://a:pa@h1:8081,https://b:pb@h2/x?access_token=t",
+            "http://a:****@h1:8081,https://b:****@h2/x?access_token=****",
+        ),
+        ("127.0.0.1:19092", "127.0.0.1:19092"),
+        ("", ""),
+    ],
+)
+def test_secrets_in_urls_are_masked(url, shown):
+    assert mask_secrets(url) == shown
+
+
+def test_describe_masks_urls_and_secret_settings():
+    s = Settings.from_env(
+        {
+            "REDIS_URL": "redis://u:s3cret@host:6379/0",
+            "SCHEMA_REGISTRY_URL": "https://key:registry-pw@registry:8081",
+            "MTA_HTTP_TOKEN": "bearer-t0ken",
+        }
+    )
+    rows = {env: value for env, value, _ in s.describe()}
+    assert rows["REDIS_URL"] == "redis://u:****@host:6379/0"
+    assert rows["SCHEMA_REGISTRY_URL"] == "https://key:****@registry:8081"
+    assert rows["MTA_HTTP_TOKEN"] == "****"
+    assert s.redis_url == "redis://u:s3cret@host:6379/0"  # masked for display only
+    assert dict((env, value) for env, value, _ in s.masked())["MTA_PARTITIONS"] == 4
+
+
+_USER_INFO = st.text(min_size=1, max_size=20)
+
+
+@given(user=_USER_INFO, password=st.text(min_size=3, max_size=20))
+def test_no_url_password_reaches_describe(user, password):
+    """Whatever the user and password, once percent-encoded into the URL, neither the
+    password nor its encoded form appears in what ``config`` would print."""
+    forms = {password, quote(password, safe="")}
+
+    def shown(pw: str) -> str:
+        def url(scheme: str) -> str:
+            return f"{scheme}://{quote(user, safe='')}:{quote(pw, safe='')}@127.0.0.1:6379/0"
+
+        s = Settings.from_env({"REDIS_URL": url("redis"), "SCHEMA_REGISTRY_URL": url("https")})
+        return repr(s.describe())
+
+    assume(not any(form in shown("") for form in forms))
+    assert not any(form in shown(password) for form in forms)
+
+
+@given(
+    user=st.text(
+        st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":,"), min_size=1
+    ),
+    password=st.text(
+        st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=","), min_size=3
+    ),
+)
+def test_unencoded_passwords_are_masked_whole(user, password):
+    """A password typed without percent-encoding (``@``, ``/``, ``?``, ``#`` in it) is
+    still masked whole."""
+    url = f"redis://{user}:{password}@127.0.0.1:6379/0"
+    assert mask_secrets(url) == f"redis://{user}:****@127.0.0.1:6379/0"
+
+
+def test_a_bad_value_is_reported_without_its_secret():
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"MTA_BOOTSTRAP_SERVERS": "sasl://user:hunter22@broker"})
+    assert "hunter22" not in str(err.value)
+    assert "user:****@broker" in str(err.value)
+
+
+@pytest.mark.parametrize("raw", ["INFO", "Info", "info", " DEBUG ", "Warning", "ERROR"])
+def test_the_log_level_ignores_case(raw):
+    assert Settings.from_env({"MTA_LOG_LEVEL": raw}).log_level == raw.strip().lower()
+
+
+def test_an_unknown_log_level_is_refused():
+    with pytest.raises(ConfigError, match=r"MTA_LOG_LEVEL='loud'.*any case"):
+        Settings.from_env({"MTA_LOG_LEVEL": "loud"})
+
+
+def test_unknown_mta_variables_are_named_with_a_suggestion():
+    lines = unknown_variables(
+        {
+            "MTA_PARTITON": "8",
+            "mta_log_level": "info",
+            "MTA_REDIS_URL": "redis://h",
+            "MTA_XYZZY": "1",
+            "MTA_PARTITIONS": "8",
+            "MTA_SCHEMA_DIR": "/s",
+            "PATH": "/bin",
+        }
+    )
+    assert lines == [
+        "MTA_PARTITON is not a known variable and is ignored (did you mean MTA_PARTITIONS?)",
+        "MTA_REDIS_URL is not a known variable and is ignored (did you mean REDIS_URL?)",
+        "MTA_XYZZY is not a known variable and is ignored",
+        "mta_log_level is not a known variable and is ignored (did you mean MTA_LOG_LEVEL?)",
+    ]
+
+
+def test_library_use_of_settings_warns_about_nothing(capsys):
+    assert Settings.from_env({"MTA_PARTITON": "8"}).partitions == 4
+    assert capsys.readouterr() == ("", "")
+
+
+def test_every_mta_variable_the_code_reads_is_known():
+    """A variable read with os.environ must join OUTSIDE_VARS, or the command line would
+    warn that it is unknown."""
+    name = re.compile(r"\bMTA_[A-Z0-9_]*[A-Z0-9]\b")
+    # These two spell unknown names on purpose, to test the warning.
+    typos = {Path(__file__).resolve(), ROOT / "tests" / "unit" / "test_cli_new_user.py"}
+    files = [p for d in ("streams", "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    files += [ROOT / "Makefile", ROOT / ".ci" / "run", ROOT / "docker" / "Dockerfile"]
+    found = {
+        (m, str(p.relative_to(ROOT)))
+        for p in files
+        if p.exists() and p not in typos
+        for m in name.findall(p.read_text(errors="replace"))
+    }
+    assert sorted(f for f in found if f[0] not in KNOWN_VARS) == []
+
+
+def test_the_variables_outside_the_settings_object_are_documented():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Outside the settings object", 1)[1].split("\n#", 1)[0]
+    documented = set(re.findall(r"^\| `(MTA_[A-Z0-9_]+)`", section, re.MULTILINE))
+    assert documented == OUTSIDE_VARS
+    assert not OUTSIDE_VARS & ENV_VARS
