@@ -60,6 +60,21 @@ class RetryEvent(_Common):
 
 InputEvent = SendEvent | BounceEvent | RetryEvent
 
+# An operator's action on an address: the one input family that is about no message.
+OperatorFamily = Literal["operator"]
+OPERATOR: OperatorFamily = "operator"
+OperatorKind = Literal["lift", "denylist", "undenylist"]
+OPERATOR_KINDS: tuple[OperatorKind, ...] = ("lift", "denylist", "undenylist")
+
+
+class OperatorEvent(TypedDict):
+    event_id: str
+    event_time: int  # epoch ms, when the operator acted
+    recipient: str
+    kind: OperatorKind
+    actor: str  # who: a person, an API token's name, a tool
+    reason: NotRequired[str | None]  # why, in the operator's words
+
 
 def is_remote_verdict(event: Any) -> bool:
     """A receiving server's reply, as opposed to the MTA's own doing (``local``: an

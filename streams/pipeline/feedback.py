@@ -39,6 +39,7 @@ from streams.pipeline.records import (
     kpi_part_record,
     status_record,
 )
+from streams.pipeline.topics import Topic
 
 _DAY_MS = 86_400_000
 _ZERO = KpiCounts()
@@ -239,15 +240,22 @@ class FeedbackProcessor:
         source: Source | None = None,
     ) -> list[Output]:
         """Apply one input event. Its signal names ``source`` as where it comes from, by
-        default this input record (``family:partition`` at ``offset``)."""
-        self.clock = max(self.clock, event["event_time"])
-        q = qualify_event(self.qualifier, family, event)
+        default this input record (``family:partition`` at ``offset``).
+
+        An operator's action concerns the address alone: no message, KPI or signal. Nor
+        does it move the clock, which follows the MTAs' events: an action stamped by a
+        wall clock ahead of a feed that runs behind would otherwise expire messages."""
+        operator = family == Topic.OPERATOR
+        if not operator:
+            self.clock = max(self.clock, event["event_time"])
+        q = None if operator else qualify_event(self.qualifier, family, event)
         out: list[Output] = []
         if partition not in self._kpi_checked:
             self._reconcile_kpis(partition, out)
-        self._message(family, event, q, partition, offset, out)
+        if not operator:
+            self._message(family, event, q, partition, offset, out)
         self._address(family, event, q, partition, offset, out)
-        if self.signal_fn is not None:
+        if self.signal_fn is not None and not operator:
             source = source or Source(f"{family}:{partition}", offset)
             signal = self.signal_fn(family, event, q, source)
             if signal is not None:
@@ -435,7 +443,10 @@ class FeedbackProcessor:
         family: str,
         out: list[Output],
     ) -> None:
-        view = address_health.view(state, self.clock)
+        # An operator's action may be ahead of the clock (it does not move it): the record
+        # then bears the action's time, as the view does.
+        now = self.clock if state.max_seen is None else max(self.clock, state.max_seen)
+        view = address_health.view(state, now)
         shown = {
             "state": view.state,
             "error_count": view.error_count,
@@ -461,8 +472,8 @@ class FeedbackProcessor:
                 family,
             )
             if changed:
-                out.append(address_record(address, shown, version, self.clock))
+                out.append(address_record(address, shown, version, now))
                 return
         if _is_redelivery(rec, family, offset):
             assert rec is not None
-            out.append(address_record(address, shown, rec["v"], self.clock))
+            out.append(address_record(address, shown, rec["v"], now))

@@ -14,6 +14,7 @@ class Topic(StrEnum):
     SEND = "send"
     BOUNCE = "bounce"
     RETRY = "retry"
+    OPERATOR = "operator"
     STATUS = "status"
     ADDRESS = "address"
     KPI = "kpi"
@@ -37,6 +38,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.SEND, "send_event", False, "Input: relayed / delivered, keyed by recipient"),
     TopicSpec(Topic.BOUNCE, "bounce_event", False, "Input: sync / async bounces, complaints"),
     TopicSpec(Topic.RETRY, "retry_event", False, "Input: deferred / expired"),
+    TopicSpec(
+        Topic.OPERATOR,
+        "operator_event",
+        False,
+        "Input: operator actions on an address (lift, denylist, undenylist) with who and why",
+    ),
     TopicSpec(Topic.STATUS, "status_change", True, "Output: message status, by message id"),
     TopicSpec(Topic.ADDRESS, "address_health", True, "Output: address health, by address"),
     TopicSpec(Topic.KPI, "delivery_kpi", False, "Output: delivery KPIs, by delivery id"),
@@ -48,8 +55,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.CLOCK, None, False, "Internal: event-time clock ticks, to every partition"),
 )
 
-# Input event families, in the order the control step breaks ties at equal event times.
-INPUT_TOPICS: tuple[Topic, ...] = (Topic.SEND, Topic.BOUNCE, Topic.RETRY)
+# The input families whose events may be reputation signals, in the order the control
+# step breaks ties at equal event times: its sequencer waits for these streams only.
+SIGNAL_INPUTS: tuple[Topic, ...] = (Topic.SEND, Topic.BOUNCE, Topic.RETRY)
+# Every input family the ingest step reads. Operator actions concern an address alone and
+# are never a signal, so the control step does not wait for their streams.
+INPUT_TOPICS: tuple[Topic, ...] = (*SIGNAL_INPUTS, Topic.OPERATOR)
 
 # Logical name → .avsc file stem, for the topics whose records are Avro.
 SCHEMA_FILES: dict[str, str] = {spec.name: spec.schema for spec in TOPICS if spec.schema}
@@ -58,4 +69,4 @@ SCHEMA_FILES: dict[str, str] = {spec.name: spec.schema for spec in TOPICS if spe
 def input_streams(partitions: int) -> list[str]:
     """Every input stream (``family:partition``) a control partition waits for, sends
     first: at equal event times the control step counts an attempt before its outcome."""
-    return [f"{family}:{p}" for family in INPUT_TOPICS for p in range(partitions)]
+    return [f"{family}:{p}" for family in SIGNAL_INPUTS for p in range(partitions)]

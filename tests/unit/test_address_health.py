@@ -66,6 +66,15 @@ def complaint(t: int) -> Step:
     return ("bounce", ev("complaint", t), None)
 
 
+def action(
+    kind: str, t: int, eid: str | None = None, reason: str | None = None, **kw: object
+) -> Step:
+    """An operator's action on the shared recipient (``kw`` replaces fields)."""
+    fields = {"event_id": eid or f"o{next(_ids)}", "event_time": t, "kind": kind}
+    fields = {**fields, "recipient": "someone@example.com", "actor": "alice", "reason": reason}
+    return ("operator", {**fields, **kw}, None)
+
+
 def run(*steps: Step, policy: QuarantinePolicy = POLICY) -> AddressState:
     state = None
     for family, event, q in steps:
@@ -284,7 +293,8 @@ ERROR_QS = st.sampled_from([MAILBOX_FULL, MAILBOX_FULL, REFUSED, UNDEF, RATE, IG
 @st.composite
 def address_history(draw: st.DrawFn) -> list[Step]:
     """Messages to two addresses over ten days: relays, soft errors, successes, rare
-    hard errors and complaints, with times drawn so that many fall close together."""
+    hard errors, complaints and operator actions, with times drawn so that many fall close
+    together."""
     events: list[Step] = []
     for n in range(draw(st.integers(1, 40))):
         t = (
@@ -308,6 +318,9 @@ def address_history(draw: st.DrawFn) -> list[Step]:
             events.append(("bounce", ev(draw(st.sampled_from(["sync", "async"])), t, **kw), q))
         elif what == "complaint" and draw(st.integers(0, 3)) == 0:
             events.append(("bounce", ev("complaint", t, **kw), None))
+        elif what == "complaint" and draw(st.integers(0, 2)) == 0:
+            kind = draw(st.sampled_from(["lift", "denylist", "undenylist"]))
+            events.append(action(kind, t, f"x{n}", recipient=recipient))
         else:
             events.append(("bounce", ev("sync", t, **kw), draw(ERROR_QS)))
     return events
@@ -345,6 +358,115 @@ def test_default_policy_is_order_independent_too(case: tuple[list, list]) -> Non
     events, arrival = case
     in_order = sorted(events, key=lambda e: (e[1]["event_time"], e[1]["event_id"]))
     assert final_views(arrival, POLICY) == final_views(in_order, POLICY)
+
+
+# --- operator actions -------------------------------------------------------------
+
+
+def test_lift_ends_a_quarantine_and_the_next_soft_error_counts_from_one() -> None:
+    s = run(
+        soft(UNALIGNED_2023),
+        hard(UNALIGNED_2023 + H),
+        action("lift", UNALIGNED_2023 + 2 * H, reason="Confirmed by phone"),
+    )
+    v = at(s, UNALIGNED_2023 + 2 * H)
+    assert (v.state, v.error_count, v.reason) == (VALID, 0, "Confirmed by phone")
+    assert (v.quarantined_at, v.last_error_at, v.lifts_at) == (None, None, None)
+    # Within 24 h of the last counted error, and yet it counts: the count restarted.
+    s = apply(s, *soft(UNALIGNED_2023 + 3 * H), POLICY)
+    assert (at(s, UNALIGNED_2023 + 3 * H).state, at(s, UNALIGNED_2023 + 3 * H).error_count) == (
+        WITH_ERRORS,
+        1,
+    )
+
+
+def test_denylist_and_undenylist_whatever_the_state_with_default_reasons() -> None:
+    s = run(success(UNALIGNED_2023), action("denylist", UNALIGNED_2023 + H, reason=""))
+    v = at(s, UNALIGNED_2023 + H)
+    assert (v.state, v.reason, v.denylisted_at) == (
+        DENYLISTED,
+        "Denylisted by operator",
+        UNALIGNED_2023 + H,
+    )
+    s = apply(s, *action("undenylist", UNALIGNED_2023 + 2 * H), POLICY)
+    v = at(s, UNALIGNED_2023 + 2 * H)
+    assert (v.state, v.error_count, v.reason, v.denylisted_at) == (
+        VALID,
+        0,
+        "Undenylisted by operator",
+        None,
+    )
+    lifted = at(run(hard(UNALIGNED_2023), action("lift", UNALIGNED_2023 + H)), UNALIGNED_2023 + H)
+    assert (lifted.state, lifted.reason) == (VALID, "Lifted by operator")
+
+
+def test_a_complaint_denylisting_is_reversed_and_a_later_complaint_denylists_again() -> None:
+    s = run(complaint(UNALIGNED_2023), action("undenylist", UNALIGNED_2023 + H))
+    assert at(s, UNALIGNED_2023 + H).state == VALID
+    s = apply(s, *complaint(UNALIGNED_2023 + 2 * H), POLICY)
+    assert (at(s, UNALIGNED_2023 + 2 * H).state, at(s, UNALIGNED_2023 + 2 * H).reason) == (
+        DENYLISTED,
+        "Complaint",
+    )
+
+
+def test_later_facts_apply_on_top_of_an_action() -> None:
+    s = run(action("denylist", UNALIGNED_2023), success(UNALIGNED_2023 + H))
+    assert at(s, UNALIGNED_2023 + H).state == DENYLISTED
+    s = run(action("lift", UNALIGNED_2023), hard(UNALIGNED_2023 + H))
+    v = at(s, UNALIGNED_2023 + H)
+    assert (v.state, v.reason, v.quarantined_at) == (
+        QUARANTINED,
+        "User unknown",
+        UNALIGNED_2023 + H,
+    )
+
+
+def test_facts_before_an_action_are_ignored_when_they_arrive_late() -> None:
+    lift = action("lift", UNALIGNED_2023 + DAY)
+    alone = run(lift)
+    late = [hard(UNALIGNED_2023), complaint(UNALIGNED_2023 + 1), soft(UNALIGNED_2023 + 2)]
+    assert run(lift, *late, success(UNALIGNED_2023 + 3), lift) == alone
+    # The entries before an action are dropped: it becomes the snapshot.
+    s = run(*late, lift)
+    assert (s.entries, s.watermark) == ((), (UNALIGNED_2023 + DAY, lift[1]["event_id"]))
+    assert s.current == alone.current
+
+
+def test_ties_at_an_equal_time_go_by_event_id() -> None:
+    for bounce_id, state in (("a", VALID), ("z", QUARANTINED)):
+        bounce = ("bounce", ev("sync", UNALIGNED_2023, bounce_id), HARD)
+        lift = action("lift", UNALIGNED_2023, "m")
+        assert at(run(bounce, lift), UNALIGNED_2023).state == state
+        assert at(run(lift, bounce), UNALIGNED_2023).state == state
+
+
+def test_an_action_ends_the_mailbox_full_timer() -> None:
+    s = run(*(soft(UNALIGNED_2023 + i * DAY, MAILBOX_FULL) for i in range(5)))
+    assert s.resets_at is not None
+    s = apply(s, *action("denylist", UNALIGNED_2023 + 5 * DAY), POLICY)
+    assert s.resets_at is None and at(s, UNALIGNED_2023 + 400 * DAY).state == DENYLISTED
+
+
+def test_an_action_behind_the_watermark_replaces_the_snapshot_unless_superseded() -> None:
+    base = (soft(UNALIGNED_2023 + 5 * DAY), soft(UNALIGNED_2023 + 21 * DAY))
+    s = run(*base)
+    assert s.watermark is not None and s.watermark[0] == UNALIGNED_2023 + 5 * DAY
+    s = apply(s, *action("denylist", UNALIGNED_2023 + DAY), POLICY)
+    assert at(s, UNALIGNED_2023 + 21 * DAY).state == DENYLISTED
+    assert s.watermark[0] == UNALIGNED_2023 + 5 * DAY and len(s.entries) == 1
+    # An action older than the newest one folded in is superseded.
+    assert apply(s, *action("undenylist", UNALIGNED_2023), POLICY) == s
+
+
+def test_unknown_operator_action_is_refused_and_old_states_still_load() -> None:
+    with pytest.raises(ValueError, match="unknown operator action"):
+        apply(None, *action("forgive", UNALIGNED_2023)[:2], None, POLICY)
+    state = run(soft(UNALIGNED_2023))
+    stored = state.to_dict()
+    for health in (stored["snapshot"], stored["current"]):
+        del health["operator_at"], health["operator_event_id"]
+    assert AddressState.from_dict(stored) == state
 
 
 def test_unknown_family_is_rejected() -> None:

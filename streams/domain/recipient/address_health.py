@@ -12,8 +12,15 @@ Rules, all thresholds in ``QuarantinePolicy``:
   success (``send/delivered``). A quarantine is not lifted by a success.
 - A quarantine whose reason is ``Mailbox full`` lifts 30 days after it began
   (evaluated against the clock, so also without new events).
-- A complaint denylists; ``denylisted`` is terminal. ``ignored`` replies, unqualified
-  bounces and relays change nothing.
+- A complaint denylists; ``denylisted`` is terminal for the MTA's facts. ``ignored``
+  replies, unqualified bounces and relays change nothing.
+- An operator's action (family ``operator``) at event time T overrides every earlier
+  fact of the address: ``lift`` and ``undenylist`` make it ``valid`` with no error
+  counted, ``denylist`` makes it ``denylisted``, whatever the state was; the reason is
+  the operator's, or ``Lifted by operator`` / ``Undenylisted by operator`` /
+  ``Denylisted by operator``. Facts after T apply on top as usual (the next soft error
+  counts at once); facts before T that arrive late are ignored. Ties at equal times go by
+  ``(event_time, event_id)``, as everywhere here.
 
 States: ``valid``, ``with_errors``, ``quarantined``, ``denylisted``.
 
@@ -24,7 +31,10 @@ order from a snapshot; a duplicate (same key) is a no-op. Entries older than
 ``horizon_s`` before the newest event time seen, and the oldest entries beyond
 ``max_entries``, are folded into the snapshot, which remembers the key of the last
 entry it absorbed (its watermark). The state therefore never holds more than
-``max_entries`` entries.
+``max_entries`` entries. An operator's action does not depend on what came before it,
+so it becomes the snapshot at once, its key the watermark, and the entries before it
+are dropped; the snapshot remembers the key of the newest action, and every fact at or
+before it (a late one, or a repeat of the action) is ignored, exactly.
 
 Limit: the result is exactly order independent for events no older than the
 watermark. An event older than the watermark (more than ``horizon_s`` late, or
@@ -32,7 +42,10 @@ behind ``max_entries`` newer facts) is applied to the snapshot if it is a hard e
 or a complaint (absorbing facts; a duplicate of one already folded is a no-op,
 except that it re-quarantines an address whose ``Mailbox full`` quarantine from that
 same hard error already lifted) and dropped if it is a soft error or a success
-(newer facts supersede it).
+(newer facts supersede it). An operator's action that late (but newer than the last
+action) replaces the snapshot: the facts between its time and the watermark, already
+folded, are lost, while the entries after the watermark still apply on top; an
+explicit decision is never dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from streams.domain.events import is_remote_verdict
+from streams.domain.events import OPERATOR, OPERATOR_KINDS, is_remote_verdict
 from streams.domain.types import Qualification
 
 HealthState = Literal["valid", "with_errors", "quarantined", "denylisted"]
@@ -52,7 +65,14 @@ DENYLISTED: HealthState = "denylisted"
 COMPLAINT_REASON = "Complaint"
 UNREACHABLE = "Unreachable"
 
-EntryKind = Literal["hard", "soft", "success", "complaint"]
+# Operator actions ("lift", "denylist", "undenylist") are never kept as entries: each
+# becomes the snapshot (see the module docstring).
+EntryKind = Literal["hard", "soft", "success", "complaint", "lift", "denylist", "undenylist"]
+OPERATOR_REASONS: dict[str, str] = {
+    "lift": "Lifted by operator",
+    "denylist": "Denylisted by operator",
+    "undenylist": "Undenylisted by operator",
+}
 
 _DAY_S = 86_400
 
@@ -82,6 +102,15 @@ class Health:
     last_success_at: int | None = None
     quarantined_at: int | None = None
     denylisted_at: int | None = None
+    # The newest operator action folded in: no fact at or before its key counts any more.
+    operator_at: int | None = None
+    operator_event_id: str | None = None
+
+    @property
+    def operator_key(self) -> tuple[int, str] | None:
+        if self.operator_at is None or self.operator_event_id is None:
+            return None
+        return (self.operator_at, self.operator_event_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +122,8 @@ class Health:
             "last_success_at": self.last_success_at,
             "quarantined_at": self.quarantined_at,
             "denylisted_at": self.denylisted_at,
+            "operator_at": self.operator_at,
+            "operator_event_id": self.operator_event_id,
         }
 
     @classmethod
@@ -186,6 +217,10 @@ def _entry(family: str, event: dict[str, Any], q: Qualification | None) -> Entry
     t = int(event["event_time"])
     event_id = str(event["event_id"])
     kind = event["kind"]
+    if family == OPERATOR:
+        if kind not in OPERATOR_KINDS:
+            raise ValueError(f"unknown operator action {kind!r}")
+        return Entry(t, event_id, kind, event.get("reason") or OPERATOR_REASONS[kind])
     if family not in ("send", "bounce", "retry"):
         raise ValueError(f"unknown event family {family!r}")
     if not is_remote_verdict(event):
@@ -228,6 +263,14 @@ def _later(a: int | None, b: int) -> int:
     return b if a is None else max(a, b)
 
 
+def _override(e: Entry) -> Health:
+    """An operator's action: the address starts afresh from it, whatever came before."""
+    fresh = Health(reason=e.reason, operator_at=e.time, operator_event_id=e.event_id)
+    if e.kind == "denylist":
+        return replace(fresh, state=DENYLISTED, denylisted_at=e.time)
+    return fresh
+
+
 def _step(h: Health, e: Entry, policy: QuarantinePolicy) -> Health:
     h = _advance(h, e.time, _resets_at(h, policy))
     if h.state == DENYLISTED:
@@ -265,14 +308,25 @@ def apply(
     q: Qualification | None,
     policy: QuarantinePolicy,
 ) -> AddressState:
-    """Record one event (``family`` is send, bounce or retry) for its recipient."""
+    """Record one event (``family`` is send, bounce, retry or operator) for its recipient."""
     s = AddressState() if state is None else state
     t = int(event["event_time"])
     max_seen = t if s.max_seen is None else max(s.max_seen, t)
     snapshot, watermark, entries, current = s.snapshot, s.watermark, s.entries, s.current
     e = _entry(family, event, q)
+    overridden = snapshot.operator_key
+    if e is not None and overridden is not None and e.key <= overridden:
+        e = None  # before the newest operator action, or a repeat of it
     refold = False
-    if e is not None and watermark is not None and e.key <= watermark:
+    if e is not None and e.kind in OPERATOR_KINDS:
+        # Past the watermark, the action overrides everything before it and becomes the
+        # snapshot; behind it (see the limit in the module docstring), the snapshot.
+        snapshot = _override(e)
+        if watermark is None or e.key > watermark:
+            watermark = e.key
+            entries = tuple(x for x in entries if x.key > e.key)
+        refold = True
+    elif e is not None and watermark is not None and e.key <= watermark:
         if e.kind in ("hard", "complaint"):
             snapshot = _step(snapshot, e, policy)
             refold = True
