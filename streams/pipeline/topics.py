@@ -70,3 +70,9 @@ def input_streams(partitions: int) -> list[str]:
     """Every input stream (``family:partition``) a control partition waits for, sends
     first: at equal event times the control step counts an attempt before its outcome."""
     return [f"{family}:{p}" for family in SIGNAL_INPUTS for p in range(partitions)]
+
+
+def input_key(recipient: str) -> bytes:
+    """The Kafka key of an input event: its recipient, lower-cased as the pipeline keys an
+    address's state, so that ``Q@X.org`` and ``q@x.org`` land in the same partition."""
+    return recipient.lower().encode()

@@ -1,6 +1,6 @@
 """Producer for Campaign-side and MTA-side code: confluent-kafka, idempotent, acks=all.
 
-Events are Avro-encoded and keyed by recipient address, so a message's status and its
+Events are Avro-encoded and keyed by recipient address (lower-cased), so a message's status and its
 address's health live in the same partition and the worker needs no repartition hop.
 A failed delivery is never silent: it is counted, logged (without the address) and
 raised by ``flush``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streams.pipeline.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS, input_key
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
 from streams.runtime.sink import DeliveryStats, ProducerError, RecordSink
@@ -43,7 +43,7 @@ class EventProducer:
         if topic is None:
             raise ValueError(f"unknown event family {family!r}; expected one of {INPUT_TOPICS}")
         value = self.codec.encode(family, dict(event), subject=f"{topic}-value")
-        self.produce_raw(topic, str(event["recipient"]).encode(), value)
+        self.produce_raw(topic, input_key(str(event["recipient"])), value)
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Enqueue already-encoded bytes (tools and tests use this for hostile input)."""

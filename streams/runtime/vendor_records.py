@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from streams.adapters.base import Bad, Event, Result, Skip
-from streams.pipeline.topics import Topic
+from streams.pipeline.topics import Topic, input_key
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.validate import validate_event
 
@@ -77,4 +77,4 @@ def to_record(
         raw = json.dumps(result.to_json(), sort_keys=True, default=str)
         reason = f"does not fit the {family} schema: {exc}"
         return dead_letter(codec, source, index, raw, reason, "invalid")
-    return Record(family, str(result.event["recipient"]).encode(), value, None)
+    return Record(family, input_key(str(result.event["recipient"])), value, None)

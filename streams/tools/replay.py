@@ -40,7 +40,7 @@ from streams.pipeline.records import (
     signal_output,
     throttle_record,
 )
-from streams.pipeline.topics import INPUT_TOPICS, input_streams
+from streams.pipeline.topics import INPUT_TOPICS, input_key, input_streams
 from streams.pipeline.topology import (
     CONTROL,
     INGEST,
@@ -82,9 +82,10 @@ def parse_time(value: Any, name: str) -> int | None:
     raise ReplayError(f"{name} must be ISO 8601 or epoch milliseconds")
 
 
-def partition_of(key: str, partitions: int) -> int:
+def partition_of(key: str | bytes, partitions: int) -> int:
     """The partition a producer puts ``key`` in (murmur2, as Java and librdkafka do)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    data = key if isinstance(key, bytes) else key.encode()
+    return (murmur2(data) & 0x7FFFFFFF) % partitions
 
 
 class Replayer:
@@ -150,7 +151,8 @@ class Replayer:
         self._offset += 1
         now = self.feedback.clock
         # The input stream and offset a worker would read the event at, for its signal.
-        stream = f"{family}:{partition_of(str(event['recipient']), self.partitions)}"
+        key = input_key(str(event["recipient"]))
+        stream = f"{family}:{partition_of(key, self.partitions)}"
         offset = self._stream_offsets[stream] = self._stream_offsets.get(stream, -1) + 1
         outputs = self.feedback.process(family, event, 0, self._offset, Source(stream, offset))
         if self.feedback.clock > now:

@@ -154,3 +154,18 @@ def test_the_operator_kumomta_shaping_file_adds_its_automation_rules(tmp_path):
         settings.mx_rules()
     with pytest.raises(ConfigError, match="MTA_KUMO_SHAPING_FILE"):
         Settings.from_env({"MTA_KUMO_SHAPING_FILE": str(tmp_path / "missing.toml")})
+
+
+def test_every_producer_keys_an_input_by_its_lower_cased_recipient():
+    """The pipeline keys an address's state lower-cased; a key that kept the case could put
+    one address in two partitions, with two states."""
+    from streams.adapters.base import Event
+    from streams.pipeline.topics import input_key
+    from streams.runtime.codec import Codec
+    from streams.runtime.vendor_records import to_record
+    from streams.tools.replay import partition_of
+
+    mixed = ev("M1", "relayed", 0, recipient="Q.User@Example.ORG")
+    record = to_record(Codec(), Event("send", mixed), "test", 0)
+    assert record is not None and record.key == input_key("q.user@example.org")
+    assert partition_of(record.key, 8) == partition_of("q.user@example.org", 8)
