@@ -37,11 +37,13 @@ reliability: $(STAMP)
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
 	$(BIN)/python benchmarks/soak.py --duration 600
 
-# Qualifier speed, a gap in event time in the control step, then one worker against the
-# aiokafka baseline (one JSON line each).
+# Qualifier speed, a gap in event time in the control step, the MTA adapters, the HTTP
+# ingest routes, then one worker against the aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/qualify_speed.py
 	$(BIN)/python benchmarks/event_time_gap.py
+	$(BIN)/python benchmarks/convert_speed.py
+	$(BIN)/python benchmarks/ingest_http.py
 	$(BIN)/mta-feedback bench --events $(or $(EVENTS),50000)
 
 stack-up: $(STAMP)
