@@ -38,12 +38,13 @@ reliability: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --duration 600
 
 # Qualifier speed, a gap in event time in the control step, the MTA adapters, the HTTP
-# ingest routes, then one worker against the aiokafka baseline (one JSON line each).
+# ingest routes and the operator API, then one worker against the aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/qualify_speed.py
 	$(BIN)/python benchmarks/event_time_gap.py
 	$(BIN)/python benchmarks/convert_speed.py
 	$(BIN)/python benchmarks/ingest_http.py
+	$(BIN)/python benchmarks/api_read.py
 	$(BIN)/mta-feedback bench --events $(or $(EVENTS),50000)
 
 stack-up: $(STAMP)

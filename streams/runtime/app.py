@@ -43,6 +43,13 @@ from streams.runtime.checkpoint import (
 )
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.config import Settings
+from streams.runtime.metrics import (
+    OBSERVED_TOPICS,
+    WorkerMetrics,
+    WorkerProbes,
+    consumer_lag,
+    serve_endpoint,
+)
 from streams.runtime.progress import InputProgress, TailProbe
 from streams.runtime.sink import RecordSink
 from streams.runtime.validate import validate_event
@@ -64,6 +71,7 @@ class Components:
     feedback: FeedbackProcessor
     kpi: KpiAggregator
     control: ControlProcessor
+    metrics: WorkerMetrics
     dead_letters: int = 0
 
 
@@ -88,8 +96,8 @@ def faust_app(settings: Settings) -> faust.App:
         broker_max_poll_interval=settings.max_poll_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
-        web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066,
+        # The worker's own endpoint (streams/runtime/metrics.py) serves /metrics and health.
+        web_enabled=False,
         # The control agent holds back the records of the signals its sequencer waits
         # with; a rebalance must not wait for them (they are read again after it).
         stream_wait_empty=False,
@@ -114,6 +122,15 @@ def build_app(settings: Settings) -> Components:
 
     qualifier = load_qualifier(settings.bounce_rules_file or None)
     rules = settings.mx_rules()
+    metrics = WorkerMetrics(
+        WorkerProbes(
+            held_signals=lambda: {p: w[0] for p, w in parts.control.waiting().items()},
+            consumer_lag=lambda: consumer_lag(app),
+            sink_queue=sink.queue_length,
+            sink_errors=lambda: sink.stats.failed,
+        )
+    )
+    stats = metrics.stats
     parts = Components(
         app=app,
         codec=codec,
@@ -134,6 +151,7 @@ def build_app(settings: Settings) -> Components:
             input_streams(settings.partitions),
             table("sequences"),
         ),
+        metrics=metrics,
     )
 
     signal_topic = settings.topic(Topic.SIGNAL)
@@ -152,12 +170,15 @@ def build_app(settings: Settings) -> Components:
 
     def send_outputs(outputs: list[Output]) -> None:
         for out in outputs:
+            if out.topic in OBSERVED_TOPICS:
+                stats.output(out)
             avro = out.topic in SCHEMA_FILES
             value = codec.encode(out.topic, out.value) if avro else json_bytes(out.value)
             sink.produce(topic_names[out.topic], out.key.encode(), value)
 
     def dead_letter(event: EventT, kind: str, reason: str) -> None:
         parts.dead_letters += 1
+        stats.dead_letter(kind)
         msg = event.message
         log.warning(
             "dead letter from %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, kind, reason
@@ -185,6 +206,7 @@ def build_app(settings: Settings) -> Components:
         try:
             record = codec.decode(family, msg.value)
             validate_event(family, record)
+            stats.event_in(family, record["kind"])
             time_ms = record["event_time"]
             return parts.feedback.process(family, record, msg.partition, msg.offset)
         finally:
@@ -209,6 +231,7 @@ def build_app(settings: Settings) -> Components:
         else:
             ack = []
         released = parts.control.release(msg.partition)
+        metrics.released(token.message.timestamp for token in released.tokens)
         send_outputs(released.outputs)
         for held, exc in released.failed:
             log.error("control failed at %s@%s: %r", held.message.tp, held.message.offset, exc)
@@ -315,4 +338,6 @@ def build_app(settings: Settings) -> Components:
         progress.reset()
         acks.reset()
 
+    if settings.web_port:
+        serve_endpoint(app, settings, metrics, sink)
     return parts

@@ -166,7 +166,12 @@ class Settings:
         _int(0, 1000),
         "How long a producer gathers records into one batch per partition (latency vs load)",
     )
-    web_port: int = _var("MTA_WEB_PORT", 0, _int(0, 65535), "Faust web port; 0 disables it")
+    web_port: int = _var(
+        "MTA_WEB_PORT",
+        9108,
+        _int(0, 65535),
+        "First port of the worker's /metrics, /healthz, /readyz (next free one if taken; 0: off)",
+    )
     standby_replicas: int = _var(
         "MTA_STANDBY_REPLICAS", 1, _int(0, 8), "Faust table standby replicas"
     )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.runtime.config import Settings
 
@@ -118,3 +118,15 @@ class RecordSink:
     async def aflush(self, timeout: float = 60.0) -> DeliveryStats:
         """``flush`` without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
+
+    def queue_length(self) -> int:
+        """Records produced and not yet delivered (or failed)."""
+        return len(self._producer)
+
+    def broker_reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request (blocking: run it in a thread)."""
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True

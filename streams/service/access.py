@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from streams.runtime.config import Settings
+from streams.service.errors import error_response
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -57,7 +58,7 @@ class Denial:
 
     def response(self) -> web.Response:
         headers = {"WWW-Authenticate": self.challenge} if self.challenge else None
-        return web.json_response({"error": self.reason}, status=self.status, headers=headers)
+        return error_response(self.status, self.reason, headers=headers)
 
 
 def route_class(pattern: str) -> str:

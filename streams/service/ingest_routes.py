@@ -32,6 +32,7 @@ from streams.runtime.vendor_records import Record, dead_letter, to_record
 from streams.service import bodies, kumo_sites
 from streams.service.acks import BrokerUnavailable
 from streams.service.context import ServiceContext
+from streams.service.errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,7 @@ class Ingest:
                 # Nothing was acknowledged: the MTA's retry keeps the records.
                 log.exception("%s failed", route.path)
                 reason = "internal error"
-            return web.json_response(
-                {"error": reason}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-            )
+            return error_response(503, reason, retry_after_s=RETRY_AFTER_S)
 
         return handle
 
@@ -159,9 +158,7 @@ class Ingest:
         started = time.monotonic()
         body = await self.read_body(request)
         if body is None:
-            return web.json_response(
-                {"error": f"body over MTA_HTTP_MAX_BODY_BYTES ({self.limit} bytes)"}, status=413
-            )
+            return error_response(413, f"body over MTA_HTTP_MAX_BODY_BYTES ({self.limit} bytes)")
         elements = route.parse(body)
         out = await self.outcome(route, elements)
         await self.ctx.producer.send(out.records, started)

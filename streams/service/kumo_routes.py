@@ -38,6 +38,7 @@ from streams.adapters import kumo_tsa
 from streams.adapters.kumo_limits import OperatorShaping
 from streams.service import kumo_sites
 from streams.service.context import ServiceContext
+from streams.service.errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,7 @@ class Tsa:
 
 
 def _unavailable() -> web.Response:
-    return web.json_response(
-        {"error": "Redis unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-    )
+    return error_response(503, "Redis unavailable", retry_after_s=RETRY_AFTER_S)
 
 
 async def _bounced(_request: web.Request) -> web.Response:

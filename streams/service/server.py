@@ -18,8 +18,17 @@ from collections.abc import Callable
 from aiohttp import web
 
 from streams.runtime.config import ConfigError, Settings
-from streams.service import access, ingest_routes, kumo_routes
+from streams.service import (
+    access,
+    api_routes,
+    errors,
+    ingest_routes,
+    kumo_routes,
+    metrics_routes,
+    status_page,
+)
 from streams.service.acks import DEFAULT_ACK_TIMEOUT_S, AsyncProducer
+from streams.service.api_access_log import RouteAccessLogger
 from streams.service.context import ServiceContext
 from streams.serving.views import ViewStore
 
@@ -42,10 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_app(ctx: ServiceContext) -> web.Application:
-    app = web.Application(middlewares=[access.access_middleware])
+    # Access rules first; aiohttp's own 404 and 405 then leave in the one error shape.
+    app = web.Application(middlewares=[access.access_middleware, errors.json_errors])
     app[access.POLICY] = access.AccessPolicy(ctx.settings)
     ingest_routes.add_routes(app, ctx)
     kumo_routes.add_routes(app, ctx)
+    status_page.add_routes(app, ctx)
+    api_routes.add_routes(app, ctx)
+    metrics_routes.add_routes(app, ctx)
 
     async def healthz(_request: web.Request) -> web.Response:
         reachable = await asyncio.get_running_loop().run_in_executor(
@@ -74,6 +87,7 @@ async def serve(settings: Settings, ack_timeout_s: float, ready: Callable[[str],
         build_app(ctx),
         handle_signals=False,
         access_log=logging.getLogger("aiohttp.access") if debug else None,
+        access_log_class=RouteAccessLogger,  # route templates: paths carry addresses
         # A stop lets the requests under way have their broker's answer.
         shutdown_timeout=ack_timeout_s + 1,
     )

@@ -15,6 +15,10 @@ become ``%XX``):
 | ``P:msg:<message_id>`` | hash | the status_change record: status, failure fields, version |
 | ``P:addr:<address>`` | hash | state, error_count, reason, last_error_time, version, event_time |
 | ``P:quarantined`` / ``P:denylisted`` | set | addresses in that state (check before sending) |
+| ``P:index:quarantined`` / ``P:index:denylisted`` | sorted set | ``<domain> <address>``, score 0 |
+
+The sorted indexes hold the addresses of the two sets, sorted by domain then address, so
+that a lister pages through them with ZRANGEBYLEX from the last address it showed.
 | ``P:kpi:<delivery_id>`` | hash | the EFS counters and success_pct, version |
 | ``P:throttle:<key>`` | hash | the setting; each change is published on ``P:throttle`` |
 | ``P:reputation:<key>`` | hash | the latest reputation window |
@@ -29,14 +33,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
 import redis
+import redis.asyncio as aioredis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.pipeline.topics import Topic
-from streams.runtime.codec import Codec, DecodeError
+from streams.runtime.codec import Codec, DecodeError, load_schema_json
 from streams.runtime.config import Settings
 
 log = logging.getLogger(__name__)
@@ -46,18 +52,25 @@ log = logging.getLogger(__name__)
 # with other content (its redelivered inputs interleaved differently), and the later record
 # is the one that stands, as on the compacted topic.
 # KEYS[1] hash; KEYS[2..] sets.  ARGV[1] version, ARGV[2] set member, ARGV[3] one char per
-# set key ('+' add, '-' remove), ARGV[4] channel or '', ARGV[5..] field/value pairs.
+# set key ('+' add, '-' remove; '>' add, '<' remove in a sorted index, as
+# '<domain> <member>'), ARGV[4] channel or '', ARGV[5..] field/value pairs.
 _UPSERT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 local version = tonumber(ARGV[1])
 if current > version then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local indexed = (string.match(ARGV[2], '@([^@]*)$') or '') .. ' ' .. ARGV[2]
 for i = 2, #KEYS do
-  if string.sub(ARGV[3], i - 1, i - 1) == '+' then
+  local op = string.sub(ARGV[3], i - 1, i - 1)
+  if op == '+' then
     redis.call('SADD', KEYS[i], ARGV[2])
-  else
+  elseif op == '-' then
     redis.call('SREM', KEYS[i], ARGV[2])
+  elseif op == '>' then
+    redis.call('ZADD', KEYS[i], 0, indexed)
+  else
+    redis.call('ZREM', KEYS[i], indexed)
   end
 end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], cjson.encode(ARGV)) end
@@ -73,6 +86,16 @@ VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
     # Reputation windows have no version: a later window end supersedes an earlier one.
     Topic.REPUTATION: ("reputation", "key", "event_time"),
 }
+
+
+# Address states kept in a set and a sorted index (the ones not to send to).
+LISTED_STATES = ("quarantined", "denylisted")
+
+
+def index_member(address: str) -> str:
+    """An address's member in a sorted index: its domain first, so that one domain's
+    addresses are one lexicographic range (the upsert script builds the same)."""
+    return f"{address.rpartition('@')[2] if '@' in address else ''} {address}"
 
 
 def key_part(identifier: str) -> str:
@@ -98,6 +121,10 @@ class ViewStore:
     def key(self, kind: str, identifier: str) -> str:
         return f"{self.prefix}:{kind}:{key_part(identifier)}"
 
+    def index_key(self, state: str) -> str:
+        """The sorted index of the addresses in ``state`` (quarantined or denylisted)."""
+        return f"{self.prefix}:index:{state}"
+
     @property
     def generation_key(self) -> str:
         return f"{self.prefix}:views:generation"
@@ -112,10 +139,9 @@ class ViewStore:
             membership = ""
             channel = ""
             if topic == Topic.ADDRESS:
-                keys += [f"{self.prefix}:quarantined", f"{self.prefix}:denylisted"]
-                membership = ("+" if record["state"] == "quarantined" else "-") + (
-                    "+" if record["state"] == "denylisted" else "-"
-                )
+                for state in LISTED_STATES:
+                    keys += [f"{self.prefix}:{state}", self.index_key(state)]
+                    membership += "+>" if record["state"] == state else "-<"
             elif topic == Topic.THROTTLE:
                 channel = f"{self.prefix}:throttle"
             flat: list[Any] = []
@@ -134,14 +160,14 @@ class ViewStore:
 
     def read(self, kind: str, identifier: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(self.key(kind, identifier))
-        return {k: _parse(v) for k, v in raw.items()} if raw else None
+        return decode_view(kind, raw) if raw else None
 
     def scan(self, kind: str) -> list[dict[str, Any]]:
         out = []
         for key in self.client.scan_iter(match=f"{self.prefix}:{kind}:*", count=500):
             raw = self.client.hgetall(key)
             if raw:
-                out.append({k: _parse(v) for k, v in raw.items()})
+                out.append(decode_view(kind, raw))
         return out
 
     def is_listed(self, address: str) -> str | None:
@@ -153,11 +179,86 @@ class ViewStore:
         return "denylisted" if denylisted else "quarantined" if quarantined else None
 
 
+def _schema_fields(kind: str) -> list[dict[str, Any]]:
+    topic = next(t for t, (k, _, _) in VIEW_TOPICS.items() if k == kind)
+    return load_schema_json(topic)["fields"]  # type: ignore[no-any-return]
+
+
+@cache
+def _stored_fields(kind: str) -> tuple[str, ...]:
+    """The fields a view's hash may hold (a null field is not stored; nor is event_id)."""
+    return tuple(f["name"] for f in _schema_fields(kind) if f["name"] != "event_id")
+
+
+@cache
+def _text_fields(kind: str) -> frozenset[str]:
+    """The fields of a view's schema that hold text (strings, enums), kept as they are."""
+    text = set()
+    for f in _schema_fields(kind):
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        if any(t == "string" or (isinstance(t, dict) and t.get("type") == "enum") for t in types):
+            text.add(f["name"])
+    return frozenset(text)
+
+
+def decode_view(kind: str, raw: dict[str, str]) -> dict[str, Any]:
+    """A view's hash as its record: text fields as stored (an id of digits stays a
+    string), the others JSON-decoded."""
+    text = _text_fields(kind)
+    return {k: v if k in text else _parse(v) for k, v in raw.items()}
+
+
 def _parse(value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def _whole(kind: str, raw: dict[str, str]) -> dict[str, Any]:
+    """A view's record with every field of its schema, null where the hash has none."""
+    return {name: None for name in _stored_fields(kind)} | decode_view(kind, raw)
+
+
+class AsyncViewReader:
+    """Reads of the views from an event loop (redis.asyncio), for the HTTP service: whole
+    records, a null for each field not stored."""
+
+    def __init__(self, client: aioredis.Redis, store: ViewStore) -> None:
+        self.client = client
+        self.store = store
+
+    async def read(self, kind: str, identifier: str) -> dict[str, Any] | None:
+        raw = await self.client.hgetall(self.store.key(kind, identifier))
+        return _whole(kind, raw) if raw else None
+
+    async def scan(self, kind: str) -> list[dict[str, Any]]:
+        keys = [k async for k in self.client.scan_iter(f"{self.store.prefix}:{kind}:*", 500)]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [_whole(kind, raw) for raw in await pipe.execute() if raw]
+
+    async def listed(
+        self, states: Iterable[str], low: str, high: str, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The address records of up to ``limit`` members of the indexes of ``states`` in
+        the ZRANGEBYLEX range (``low``, ``high``), merged in index order (an address whose
+        state changed since it was indexed is left out); and the last address read when
+        the indexes hold more beyond it, else None."""
+        pipe = self.client.pipeline(transaction=False)
+        for state in states:
+            pipe.zrangebylex(self.store.index_key(state), low, high, 0, limit + 1)
+        found = sorted(m for members in await pipe.execute() for m in members)
+        more = len(found) > limit
+        addresses = [m.partition(" ")[2] for m in found[:limit]]
+        pipe = self.client.pipeline(transaction=False)
+        for address in addresses:
+            pipe.hgetall(self.store.key("addr", address))
+        records = [_whole("addr", raw) for raw in await pipe.execute() if raw]
+        wanted = set(states)
+        last = addresses[-1] if more else None
+        return [r for r in records if r.get("state") in wanted], last
 
 
 class ViewUpdater:

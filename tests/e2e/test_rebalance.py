@@ -36,7 +36,7 @@ def _statuses(settings: Settings, at_least: int) -> None:
 @pytest.mark.broker
 def test_defaults_allow_several_workers_per_machine_with_standbys() -> None:
     settings = Settings.from_env({})
-    assert settings.web_port == 0 and settings.standby_replicas == 1
+    assert settings.web_port == 9108 and settings.standby_replicas == 1
     conf = build_app(settings).app.conf
     assert conf.web_enabled is False
     assert conf.table_standby_replicas == 1

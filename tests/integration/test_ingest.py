@@ -18,6 +18,7 @@ import pytest
 
 from streams.adapters.base import Bad, Event, Result
 from streams.adapters.registry import converter
+from streams.pipeline.topics import input_key
 from streams.runtime.config import Settings
 from streams.serving.consumer import OutputConsumer, Record
 from streams.testing.worker import settings_env
@@ -87,7 +88,7 @@ def events_by_family(results: list[Result]) -> dict[str, Counter[tuple[bytes, st
     out: dict[str, Counter[tuple[bytes, str]]] = {f: Counter() for f in ("send", "bounce", "retry")}
     for r in results:
         if isinstance(r, Event):
-            out[r.family][(r.event["recipient"].encode(), r.event["event_id"])] += 1
+            out[r.family][(input_key(r.event["recipient"]), r.event["event_id"])] += 1
     return out
 
 

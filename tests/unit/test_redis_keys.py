@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.serving.views import ViewStore, key_part
+from streams.serving.views import LISTED_STATES, ViewStore, index_member, key_part
 
 HOSTILE = [
     "a:b",
@@ -91,3 +91,18 @@ def test_an_identifier_cannot_forge_another_kind() -> None:
 def test_scan_patterns_are_not_widened_by_identifiers() -> None:
     part = key_part("*?[]{}")
     assert not set(part) & set("*?[]{}\\")
+
+
+@given(st.sampled_from(["msg", "addr", "kpi", "throttle", "reputation"]), TEXT)
+def test_no_view_key_is_a_sorted_index(kind: str, identifier: str) -> None:
+    store = _store()
+    indexes = {store.index_key(state) for state in LISTED_STATES}
+    assert indexes == {"mta:index:quarantined", "mta:index:denylisted"}
+    assert store.key(kind, identifier) not in indexes
+
+
+@given(st.text(alphabet="ab@.", max_size=12))
+def test_an_index_member_starts_with_the_domain_after_the_last_at(address: str) -> None:
+    domain, space, rest = index_member(address).partition(" ")
+    assert space and rest == address
+    assert domain == (address.rpartition("@")[2] if "@" in address else "")
