@@ -95,7 +95,7 @@ class StatusSource:
 
     @property
     def history_key(self) -> str:
-        return f"{self.ctx.views.prefix}:throttle:history"
+        return self.ctx.views.history_key
 
     @property
     def _dlq_topic(self) -> str:

@@ -21,6 +21,7 @@ The sorted indexes hold the addresses of the two sets, sorted by domain then add
 that a lister pages through them with ZRANGEBYLEX from the last address it showed.
 | ``P:kpi:<delivery_id>`` | hash | the EFS counters and success_pct, version |
 | ``P:throttle:<key>`` | hash | the setting; each change is published on ``P:throttle`` |
+| ``P:throttle-history`` | stream | each new throttle version, capped at about 10,000 |
 | ``P:reputation:<key>`` | hash | the latest reputation window |
 | ``P:views:generation`` | string | marker: when missing, Redis was emptied: rebuild |
 """
@@ -53,8 +54,9 @@ log = logging.getLogger(__name__)
 # is the one that stands, as on the compacted topic.
 # KEYS[1] hash; KEYS[2..] sets.  ARGV[1] version, ARGV[2] set member, ARGV[3] one char per
 # set key ('+' add, '-' remove; '>' add, '<' remove in a sorted index, as
-# '<domain> <member>'), ARGV[4] channel or '', ARGV[5..] field/value pairs.
-_UPSERT = """
+# '<domain> <member>'; '~' append the record to a capped stream when its version is new),
+# ARGV[4] channel or '', ARGV[5..] field/value pairs.
+_UPSERT_TEMPLATE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 local version = tonumber(ARGV[1])
 if current > version then return 0 end
@@ -69,6 +71,10 @@ for i = 2, #KEYS do
     redis.call('SREM', KEYS[i], ARGV[2])
   elseif op == '>' then
     redis.call('ZADD', KEYS[i], 0, indexed)
+  elseif op == '~' then
+    if current < version then
+      redis.call('XADD', KEYS[i], 'MAXLEN', '~', HISTORY_MAX, '*', unpack(ARGV, 5))
+    end
   else
     redis.call('ZREM', KEYS[i], indexed)
   end
@@ -76,6 +82,11 @@ end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], cjson.encode(ARGV)) end
 return 1
 """
+
+# Throttle changes kept in ``P:throttle-history`` (a capped stream) for the status page's
+# chart: the views themselves keep only each key's latest setting.
+HISTORY_MAX = 10_000
+_UPSERT = _UPSERT_TEMPLATE.replace("HISTORY_MAX", f"'{HISTORY_MAX}'")
 
 VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
     # topic logical name → (Redis key kind, key field, field that orders versions)
@@ -144,6 +155,8 @@ class ViewStore:
                     membership += "+>" if record["state"] == state else "-<"
             elif topic == Topic.THROTTLE:
                 channel = f"{self.prefix}:throttle"
+                keys.append(self.history_key)
+                membership = "~"
             flat: list[Any] = []
             for name, value in record.items():
                 if value is not None and name != "event_id":
@@ -157,6 +170,11 @@ class ViewStore:
         if count:
             pipe.execute()
         return count
+
+    @property
+    def history_key(self) -> str:
+        """The capped stream of throttle changes (``:`` would put it among the hashes)."""
+        return f"{self.prefix}:throttle-history"
 
     def read(self, kind: str, identifier: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(self.key(kind, identifier))

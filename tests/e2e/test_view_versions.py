@@ -26,3 +26,28 @@ def test_older_versions_are_ignored_and_equal_versions_replace(make_settings) ->
         assert store.read("msg", "M1") == {**_status(3, "failed")}
     finally:
         store.client.delete(store.key("msg", "M1"))
+
+
+@pytest.mark.redis
+def test_each_new_throttle_version_joins_the_history_once_and_scans_skip_it(
+    make_settings,
+) -> None:
+    settings = make_settings(create_topics=False)
+    store = ViewStore.from_settings(settings)
+
+    def setting(version: int, mode: str) -> dict:
+        return {"key": "group:google", "mode": mode, "max_rate_per_hour": 100, "version": version}
+
+    try:
+        store.write("throttle", [setting(1, "backoff"), setting(2, "normal")])
+        # A redelivered version and an older one add nothing to the history.
+        store.write("throttle", [setting(2, "normal"), setting(1, "backoff")])
+        entries = store.client.xrange(store.history_key)
+        assert [(e["version"], e["mode"]) for _id, e in entries] == [
+            ("1", "backoff"),
+            ("2", "normal"),
+        ]
+        # The stream sits outside the hashes' namespace: a scan of the settings reads hashes.
+        assert [r["mode"] for r in store.scan("throttle")] == ["normal"]
+    finally:
+        store.client.delete(store.key("throttle", "group:google"), store.history_key)
