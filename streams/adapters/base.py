@@ -116,6 +116,14 @@ def bad(raw: Any, reason: str) -> Bad:
     return Bad(text[:MAX_RAW_CHARS], reason)
 
 
+def json_units(text: str, what: str) -> Any | Bad:
+    """The JSON value of one unit of input, or a ``Bad`` naming ``what`` it should be."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return bad(text, f"{what}: not JSON ({exc})"[:300])
+
+
 def message_key(message_id: str, recipient: str, shared: bool) -> str:
     """The pipeline's message id: the MTA's id, plus ``:recipient`` when the MTA's id
     covers several recipients (a Postfix queue ID, a PowerMTA envelope)."""

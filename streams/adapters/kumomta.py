@@ -12,7 +12,6 @@ names KumoMTA's suspensions are published under.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +20,13 @@ from streams.adapters import kumomta_fields as f
 from streams.adapters.base import (
     LOCAL,
     AdapterError,
+    Bad,
     Converter,
     Event,
     Result,
     Skip,
     bad,
+    json_units,
     message_key,
     normalise_recipient,
     stable_id,
@@ -62,10 +63,9 @@ class KumoMtaConverter(Converter):
         """One log record as JSON text (an array of records is taken too)."""
         if not text.strip():
             return []
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            return [bad(text, f"record: not JSON ({exc})"[:300])]
+        data = json_units(text, "record")
+        if isinstance(data, Bad):
+            return [data]
         if isinstance(data, list):
             results: list[Result] = []
             for obj in data:

@@ -20,11 +20,13 @@ from streams.adapters.base import (
     CONNECTION,
     LOCAL,
     AdapterError,
+    Bad,
     Converter,
     Event,
     Result,
     Skip,
     bad,
+    json_units,
     message_key,
     normalise_recipient,
     stable_id,
@@ -81,10 +83,9 @@ class SparkPostConverter(Converter):
         """One webhook batch (a JSON array), or a single ``{"msys": ...}`` item."""
         if not text.strip():
             return []
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            return [bad(text, f"batch: not JSON ({exc})"[:300])]
+        data = json_units(text, "batch")
+        if isinstance(data, Bad):
+            return [data]
         if isinstance(data, dict):
             return _results(data, text)
         if not isinstance(data, list):
