@@ -20,6 +20,7 @@ import io
 import json
 import mailbox
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -152,16 +153,35 @@ def _messages(path: str) -> Iterator[Unit]:
         yield Unit(1, f"message 1 ({p.name})", _text(fh.read()))
 
 
+_USEC = re.compile(r"M(\d+)")
+_COUNT = re.compile(r"Q(\d+)")
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def delivery_order(name: str) -> tuple[int, int, int, str]:
+    """A Maildir name's place in delivery order: its seconds, then the microseconds (``M``)
+    and the counter (``Q``) of its unique part, as numbers: the names are not zero-padded,
+    so ``M99`` sorts after ``M100`` as text."""
+    seconds, _, rest = name.partition(".")
+    unique = rest.partition(".")[0]
+    usec, count = _USEC.search(unique), _COUNT.search(unique)
+    return (
+        int(seconds) if seconds.isdigit() else -1,
+        int(usec.group(1)) if usec else -1,
+        int(count.group(1)) if count else -1,
+        name,
+    )
+
+
 def _maildir(path: Path, seen: set[str], start: int = 0) -> Iterator[Unit]:
-    """The messages of a Maildir not in ``seen`` (which this fills), by name (Maildir names
-    start with the delivery time)."""
+    """The messages of a Maildir not in ``seen`` (which this fills), in delivery order
+    (Maildir names start with the delivery time)."""
     box = mailbox.Maildir(path, factory=None, create=False)
     number = start
-    for key in sorted(set(box.keys()) - seen):
+    for key in sorted(set(box.keys()) - seen, key=delivery_order):
         seen.add(key)
         try:
             raw = box.get_bytes(key)

@@ -9,9 +9,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.tools import vendor_files
-from streams.tools.vendor_files import InputError, LineFollower, MailboxPoller, units
+from streams.tools.vendor_files import (
+    InputError,
+    LineFollower,
+    MailboxPoller,
+    delivery_order,
+    units,
+)
 
 DSN = Path(__file__).parents[2] / "fixtures" / "vendors" / "dsn"
 
@@ -115,3 +123,14 @@ def test_mailbox_poller_reads_an_mbox_once_it_holds_still(tmp_path):
     path.write_bytes(b"")  # emptied by another reader
     list(poller.new_units())
     assert list(poller.new_units()) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 999_999)), min_size=2, max_size=30))
+def test_maildir_names_sort_in_delivery_order_whatever_their_digit_counts(deliveries):
+    """Python's Maildir names are ``<s>.M<usec>P<pid>Q<n>.<host>``, not zero-padded:
+    ``M99`` comes before ``M100`` though it sorts after it as text."""
+    names = [f"{1_700_000_000 + s}.M{usec}P42Q{n}.host" for n, (s, usec) in enumerate(deliveries)]
+    order = sorted(range(len(names)), key=lambda n: (*deliveries[n], n))
+    want = [names[n] for n in order]
+    assert sorted(names, key=delivery_order) == want
