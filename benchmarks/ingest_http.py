@@ -34,7 +34,7 @@ import aiohttp
 
 from streams.adapters.kumomta import KumoMtaConverter
 from streams.adapters.sparkpost import SparkPostConverter
-from streams.pipeline.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
 from streams.runtime.sink import RecordSink
@@ -115,8 +115,8 @@ def sparkpost_batches(batches: int, now: int) -> list[list[dict[str, Any]]]:
 
 def raw_producer(settings: Settings, records: list[dict[str, Any]], convert: Any) -> float:
     """Records/s of RecordSink sending the already-encoded events of ``records``."""
-    codec = Codec.from_settings(settings.schema_registry_url)
-    names = {f: settings.topic(f) for f in INPUT_TOPICS}
+    codec = Codec.from_settings(settings)
+    names = {f: settings.topic(f) for f in (*INPUT_TOPICS, Topic.DLQ)}
     encoded = []
     for index, record in enumerate(records):
         for result in convert(record):

@@ -5,9 +5,15 @@
 
 First a burst measures the maximum rate (events/s the worker drains from a backlog); then
 events are produced at half that rate (or ``--rate``) for ``--duration`` seconds. Every
-``--interval`` s a JSON line gives the worker's RSS and the consumer lag; a final JSON
-summary gives the RSS growth after warm-up (target < 10 %) and the lag trend (events/s,
-~0 when keeping up).
+``--interval`` s a JSON line gives the worker's RSS, the consumer lag, the keys of the
+private Redis (DBSIZE) and among them the tombstone markers (``P:gone:*``), and the keys
+of each of the worker's tables (its ``mta_table_keys`` gauge); a final JSON summary gives
+the RSS growth after warm-up (target < 10 %), the lag trend (events/s, ~0 when keeping
+up), and whether the Redis keys other than markers and the keys of the ``messages`` and
+``addresses`` tables levelled off: the mean of the last quarter's samples within
+``PLATEAU_TOLERANCE_PCT`` of the third quarter's (retired keys get tombstones, so both stop
+growing at the plateau). The markers expire on Redis's clock, a day past the message
+retention: they keep growing through a soak, whose event time runs days per minute.
 Uses the shared broker with its own topics and a private redis-server; exit code 1 if a
 target is missed.
 
@@ -24,20 +30,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.pipeline.topics import INPUT_TOPICS
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 from streams.testing.sample import Event, SampleCampaign
-from streams.testing.services import RedisServer
+from streams.testing.services import RedisServer, free_port
 from streams.testing.worker import WorkerProcess
 from streams.tools.stack import Stack
 
@@ -73,6 +83,58 @@ class Lag:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+# The tables whose keys retire (tombstones); the others hold per delivery or per key
+# sums that are small and never retire.
+RETIRING_TABLES = ("messages", "addresses")
+# How close the last quarter's mean key counts must be to the third quarter's (%).
+PLATEAU_TOLERANCE_PCT = 10.0
+
+
+def table_keys(exposition: str) -> dict[str, int]:
+    """Keys per table from the worker's /metrics text (``mta_table_keys{table=...}``)."""
+    return {
+        sample.labels["table"]: int(sample.value)
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "mta_table_keys"
+        for sample in family.samples
+    }
+
+
+def worker_table_keys(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return table_keys(response.read().decode())
+
+
+def markers(views: redis.Redis, prefix: str) -> int:
+    """The tombstone markers in the views."""
+    return sum(1 for _ in views.scan_iter(match=f"{prefix}:gone:*", count=5000))
+
+
+def metrics_port(log_text: str, asked: int) -> int:
+    """The port the worker's endpoint took: the one asked for, or the next free one, which
+    it logs."""
+    found = re.search(r"metrics and health on port (\d+)", log_text)
+    return int(found.group(1)) if found else asked
+
+
+def plateau(points: list[tuple[float, float | None]], duration: float) -> dict[str, object]:
+    """Mean of a count over the third and the last quarter of the soak, the change between
+    them (%) and whether it is within PLATEAU_TOLERANCE_PCT (not when a quarter has no
+    sample)."""
+    q3 = [v for t, v in points if duration / 2 <= t < duration * 3 / 4 and v is not None]
+    q4 = [v for t, v in points if t >= duration * 3 / 4 and v is not None]
+    if not q3 or not q4:
+        return {"q3_mean": None, "q4_mean": None, "change_pct": None, "levelled": False}
+    m3, m4 = sum(q3) / len(q3), sum(q4) / len(q4)
+    change = (m4 - m3) / m3 * 100 if m3 else None
+    return {
+        "q3_mean": round(m3),
+        "q4_mean": round(m4),
+        "change_pct": None if change is None else round(change, 1),
+        "levelled": m4 == 0 if change is None else abs(change) <= PLATEAU_TOLERANCE_PCT,
+    }
 
 
 CAMPAIGN_SPACING_MS = 6 * 3_600_000
@@ -134,15 +196,18 @@ def run(
         data_dir=str(workdir / "data"),
         message_retention_s=retention_s,
         address_retention_s=retention_s,
+        web_port=free_port(),
     )
     Stack(settings).create_topics()
     worker = WorkerProcess(settings, workdir / "worker.log").start()
     lag = Lag(settings)
+    views = redis.Redis.from_url(redis_server.url)
     events = campaigns(audience)
     try:
         worker.wait_ready()
         assert worker.proc is not None
         pid = worker.proc.pid
+        port = metrics_port(worker.log_text(), settings.web_port)
         with EventProducer(settings) as producer:
             for _ in range(burst):
                 producer.send(*next(events))
@@ -170,11 +235,23 @@ def run(
                     producer.send(*next(events))
                     sent += 1
                 if now >= next_sample:
+                    tables = worker_table_keys(port)
+                    redis_keys = views.dbsize()
+                    gone = markers(views, prefix)
                     sample = {
                         "t": round(now - started),
                         "sent": sent,
                         "rss_mb": round(rss_mb(pid), 1),
                         "lag": lag(burst + sent),
+                        "redis_keys": redis_keys,
+                        "redis_markers": gone,
+                        "redis_view_keys": redis_keys - gone,
+                        "table_keys": tables,
+                        "retiring_table_keys": (
+                            sum(tables[t] for t in RETIRING_TABLES)
+                            if all(t in tables for t in RETIRING_TABLES)
+                            else None
+                        ),
                     }
                     samples.append(sample)
                     emit(sample)
@@ -183,12 +260,15 @@ def run(
         alive = worker.alive() and worker.proc.pid == pid
     finally:
         lag.close()
+        views.close()
         worker.stop()
         redis_server.kill()
 
     warm = [s for s in samples if s["t"] >= duration / 4] or samples
     growth = (warm[-1]["rss_mb"] - warm[0]["rss_mb"]) / warm[0]["rss_mb"] * 100
     lag_trend = slope([(s["t"], s["lag"]) for s in warm])
+    redis_plateau = plateau([(s["t"], s["redis_view_keys"]) for s in samples], duration)
+    table_plateau = plateau([(s["t"], s["retiring_table_keys"]) for s in samples], duration)
     summary = {
         "phase": "summary",
         "duration_s": duration,
@@ -203,11 +283,19 @@ def run(
         "lag_max": max(s["lag"] for s in samples),
         "lag_final": samples[-1]["lag"],
         "lag_trend_per_s": round(lag_trend, 2),
+        "redis_keys_final": samples[-1]["redis_keys"],
+        "redis_markers_final": samples[-1]["redis_markers"],
+        "table_keys_final": samples[-1]["table_keys"],
+        "plateau_tolerance_pct": PLATEAU_TOLERANCE_PCT,
+        "redis_view_keys_plateau": redis_plateau,
+        "table_keys_plateau": table_plateau,
         "worker_restarted": not alive,
         "rss_target_met": growth < 10,
+        "keys_levelled": redis_plateau["levelled"] and table_plateau["levelled"],
     }
     emit(summary)
-    return 0 if summary["rss_target_met"] and alive else 1
+    met = summary["rss_target_met"] and summary["keys_levelled"]
+    return 0 if met and alive else 1
 
 
 def main() -> int:

@@ -11,6 +11,20 @@ Data flows one way:
                                         (event-time sequencer,
                                          reputation windows, controller)
 
+The ``messages`` and ``addresses`` tables hold compact encoded records
+(``streams.pipeline.table_values``). A key that retires from them (a final message after
+its retention, an idle valid address) gets a tombstone on its output topic, so that
+compacted topics and the views forget it too, and leaves a small ``Retired`` marker in its
+table for one more retention period. A late event must not bring a retired key back:
+
+- an event of a retired message older than its tombstone is refused as ``late`` (the
+  worker dead-letters it); one newer than it is news, and the message carries on from the
+  version it had;
+- once the marker is gone too, an event of an unknown message more than the retention
+  behind the clock is refused the same way (it is older than any tombstone still unknown);
+- an event older than its retired address's tombstone leaves the address alone (its
+  message is handled as above); operator actions always apply.
+
 Delivery is at least once. Each step stores, per key, the source offset of the input that
 last changed it; when an input at or below that offset comes again (a redelivery after a
 crash, whose state change had reached the changelog while its output may not have reached
@@ -20,7 +34,6 @@ keep the highest version, so a repeat is harmless and nothing is lost.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +43,7 @@ from streams.domain.recipient.address_health import AddressState, QuarantinePoli
 from streams.domain.recipient.delivery_kpi import KpiCounts, KpiDelta, kpi_delta
 from streams.domain.recipient.message_status import MessageState, MessageView, ValidityPolicy
 from streams.domain.types import Qualification
+from streams.pipeline.keyed_state import DueIndex, is_redelivery, write_tracked
 from streams.pipeline.records import (
     Output,
     SignalHook,
@@ -38,11 +52,21 @@ from streams.pipeline.records import (
     address_record,
     kpi_part_record,
     status_record,
+    tombstone,
 )
+from streams.pipeline.table_values import ADDRESSES, MESSAGES, RecordStore, Retired, Tracked
 from streams.pipeline.topics import Topic
 
 _DAY_MS = 86_400_000
 _ZERO = KpiCounts()
+MessageRecord = Tracked[MessageState, MessageView]
+AddressRecord = Tracked[AddressState, dict[str, Any]]
+
+
+class LateEvent(ValueError):
+    """An event older than the message retention, for a message no longer tracked."""
+
+    kind = "late"
 
 
 @dataclass(frozen=True)
@@ -75,80 +99,6 @@ def qualify_event(qualifier: Qualifier, family: str, event: dict[str, Any]) -> Q
     )
 
 
-class _DueIndex:
-    """Per-partition min-heaps of (due time, key) with lazy deletion: the record itself
-    holds the authoritative ``due``; stale heap entries are skipped when popped."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._heaps: dict[int, list[tuple[int, str]]] | None = None
-
-    def push(self, partition: int, due: int | None, key: str) -> None:
-        if self._heaps is not None and due is not None:
-            heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
-
-    def pop_due(self, partition: int, now: int) -> list[str]:
-        if self._heaps is None:
-            # First sweep since start or rebalance: one pass over the table for every partition.
-            self._heaps = {}
-            for key, rec in self._store.items():
-                if rec.get("due") is not None:
-                    self._heaps.setdefault(rec["p"], []).append((rec["due"], key))
-            for heap in self._heaps.values():
-                heapq.heapify(heap)
-        heap = self._heaps.setdefault(partition, [])
-        keys: dict[str, None] = {}
-        # Strictly before: at exactly the due time nothing has changed yet.
-        while heap and heap[0][0] < now:
-            due, key = heapq.heappop(heap)
-            rec = self._store.get(key)
-            # A record rewritten with the same due time has two equal entries: one key once.
-            if rec is not None and rec.get("due") == due:
-                keys[key] = None
-        return list(keys)
-
-    def reset(self) -> None:
-        self._heaps = None
-
-
-def _src_with(rec: dict[str, Any] | None, family: str, offset: int) -> dict[str, int]:
-    src = dict(rec["src"]) if rec else {}
-    src[family] = offset
-    return src
-
-
-def _write(
-    store: Store,
-    index: _DueIndex,
-    key: str,
-    rec: dict[str, Any] | None,
-    state: dict[str, Any],
-    shown: dict[str, Any],
-    changed: bool,
-    due: int | None,
-    partition: int,
-    offset: int,
-    family: str,
-) -> int:
-    """Store a keyed record (state, what was last published, version, source offsets,
-    partition, due time) and index its due time; returns the version."""
-    version = rec["v"] + (1 if changed else 0) if rec else 1
-    store[key] = {
-        "s": state,
-        "view": shown,
-        "v": version,
-        "src": _src_with(rec, family, offset) if changed else rec["src"] if rec else {},
-        "p": partition,
-        "due": due,
-    }
-    index.push(partition, due, key)
-    return version
-
-
-def _is_redelivery(rec: dict[str, Any] | None, family: str, offset: int) -> bool:
-    return rec is not None and offset <= rec["src"].get(family, -1)
-
-
 class FeedbackProcessor:
     """Per input partition: message status, address health and KPI partials.
 
@@ -166,9 +116,11 @@ class FeedbackProcessor:
         config: PipelineConfig | None = None,
         signal_fn: SignalHook | None = None,
         clocks: Store | None = None,
+        lazy_scan: bool = False,
     ) -> None:
-        self.messages = messages
-        self.addresses = addresses
+        # ``lazy_scan``: the tables may be read by a scan while written (RocksDB).
+        self.messages = RecordStore(messages, MESSAGES, lazy_scan)
+        self.addresses = RecordStore(addresses, ADDRESSES, lazy_scan)
         self.kpi_parts = kpi_parts
         self.qualifier = qualifier
         self.config = config or PipelineConfig()
@@ -178,8 +130,8 @@ class FeedbackProcessor:
         # not read again, and with no new input its own clock would stay behind for good.
         self.clocks: Store = {} if clocks is None else clocks
         self.clock = 0
-        self._message_due = _DueIndex(messages)
-        self._address_due = _DueIndex(addresses)
+        self._message_due = DueIndex(self.messages)
+        self._address_due = DueIndex(self.addresses)
         # Partition → KPI sums recomputed from the messages table, not yet reconciled.
         self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
         self._kpi_checked: set[int] = set()
@@ -211,11 +163,12 @@ class FeedbackProcessor:
         """
         if self._kpi_truth is None:
             self._kpi_truth = {}
-            for rec in self.messages.values():
-                sums = self._kpi_truth.setdefault(rec["p"], {})
-                delivery_id = rec["s"]["delivery_id"]
-                view = MessageView.from_dict(rec["view"])
-                sums[delivery_id] = sums.get(delivery_id, KpiCounts()).add(kpi_delta(None, view))
+            for _mid, rec in self.messages.tracked():
+                sums = self._kpi_truth.setdefault(rec.partition, {})
+                delivery_id = rec.state.delivery_id
+                sums[delivery_id] = sums.get(delivery_id, KpiCounts()).add(
+                    kpi_delta(None, rec.view)
+                )
         truth = self._kpi_truth.pop(partition, {})
         self._kpi_checked.add(partition)
         suffix = f"|{partition}"
@@ -247,6 +200,7 @@ class FeedbackProcessor:
         wall clock ahead of a feed that runs behind would otherwise expire messages."""
         operator = family == Topic.OPERATOR
         if not operator:
+            self._refuse_late(event)
             self.clock = max(self.clock, event["event_time"])
         q = None if operator else qualify_event(self.qualifier, family, event)
         out: list[Output] = []
@@ -261,6 +215,32 @@ class FeedbackProcessor:
             if signal is not None:
                 out.append(signal)
         return out
+
+    def _refuse_late(self, event: dict[str, Any]) -> None:
+        """Raise LateEvent for an event that would bring a retired message back."""
+        t, mid = event["event_time"], event["message_id"]
+        retired = self.messages.retired(mid)
+        if retired is not None and t < retired.retired_at:
+            raise LateEvent(f"event {retired.retired_at - t} ms older than its message's tombstone")
+        too_old = t <= self.clock - self.config.message_retention_ms
+        if retired is None and too_old and mid not in self.messages:
+            raise LateEvent(
+                f"event {self.clock - t} ms behind the clock, for a message no longer "
+                "tracked (more than the message retention)"
+            )
+
+    def _retire(
+        self,
+        store: RecordStore[Any, Any],
+        index: DueIndex,
+        key: str,
+        rec: Tracked[Any, Any],
+        keep_ms: int,
+    ) -> None:
+        """Replace a record by its marker, kept for ``keep_ms`` (one more retention)."""
+        due = self.clock + keep_ms
+        store[key] = Retired(rec.version, self.clock, rec.partition, due)
+        index.push(rec.partition, due, key)
 
     def tick(self, now_ms: int, partition: int, offset: int, family: str = "clock") -> list[Output]:
         """Advance the clock and apply what time alone changes in ``partition``: validity
@@ -290,66 +270,79 @@ class FeedbackProcessor:
         out: list[Output],
     ) -> None:
         mid = event["message_id"]
-        rec = self.messages.get(mid)
-        old_state = MessageState.from_dict(rec["s"]) if rec else None
+        found = self.messages.get(mid)
+        # Not late (``_refuse_late``): a retired message is reborn.
+        rec = found if isinstance(found, Tracked) else None
+        reborn_from = found.version if isinstance(found, Retired) else 0
+        old_state = rec.state if rec else None
         state = message_status.apply(old_state, family, event, q, self.config.validity)
-        self._publish_message(mid, rec, state, state != old_state, partition, offset, family, out)
+        self._publish_message(
+            mid, rec, state, state != old_state, partition, offset, family, out, reborn_from
+        )
 
     def _message_time(
         self, mid: str, partition: int, offset: int, family: str, out: list[Output]
     ) -> None:
         rec = self.messages[mid]
-        state = MessageState.from_dict(rec["s"])
+        if isinstance(rec, Retired):
+            del self.messages[mid]  # its marker's time is over
+            return
+        state = rec.state
         view = message_status.view(state, self.clock)
         if (
             message_status.is_terminal(view)
-            and rec["view"] == view.to_dict()
+            and rec.view == view
             and self.clock >= state.last_seen + self.config.message_retention_ms
         ):
             # The message's contribution moves from live to retired: the counts stay.
             self._kpi_add(partition, state.delivery_id, retired=kpi_delta(None, view))
-            del self.messages[mid]
+            self._retire(
+                self.messages, self._message_due, mid, rec, self.config.message_retention_ms
+            )
+            out.append(tombstone(Topic.STATUS, mid, rec.version, self.clock))
             return
         self._publish_message(mid, rec, state, False, partition, offset, family, out)
 
     def _publish_message(
         self,
         mid: str,
-        rec: dict[str, Any] | None,
+        rec: MessageRecord | None,
         state: MessageState,
         state_changed: bool,
         partition: int,
         offset: int,
         family: str,
         out: list[Output],
+        reborn_from: int = 0,
     ) -> None:
         view = message_status.view(state, self.clock)
-        old_view = MessageView.from_dict(rec["view"]) if rec else None
+        old_view = rec.view if rec else None
         changed = view != old_view
         if changed or state_changed:
             due = message_status.deadline(state)
             if due is None or message_status.is_terminal(view):
                 due = max(state.last_seen, self.clock) + self.config.message_retention_ms
-            version = _write(
+            version = write_tracked(
                 self.messages,
                 self._message_due,
                 mid,
                 rec,
-                state.to_dict(),
-                view.to_dict(),
+                state,
+                view,
                 changed,
                 due,
                 partition,
                 offset,
                 family,
+                reborn_from,
             )
             if changed:
                 out.append(status_record(mid, state.delivery_id, view, version, self.clock))
                 self._kpi(state.delivery_id, old_view, view, partition)
                 return
-        if _is_redelivery(rec, family, offset):
+        if is_redelivery(rec, family, offset):
             assert rec is not None
-            out.append(status_record(mid, state.delivery_id, view, rec["v"], self.clock))
+            out.append(status_record(mid, state.delivery_id, view, rec.version, self.clock))
             self._kpi_add(partition, state.delivery_id)
 
     # -- delivery KPI partials ----------------------------------------------------------
@@ -410,38 +403,51 @@ class FeedbackProcessor:
         out: list[Output],
     ) -> None:
         address = event["recipient"].lower()
-        rec = self.addresses.get(address)
-        old_state = AddressState.from_dict(rec["s"]) if rec else None
+        found = self.addresses.get(address)
+        reborn_from = 0
+        if isinstance(found, Retired):
+            if family != Topic.OPERATOR and event["event_time"] < found.retired_at:
+                return  # older than the address's tombstone
+            reborn_from = found.version
+        rec = found if isinstance(found, Tracked) else None
+        old_state = rec.state if rec else None
         state = address_health.apply(old_state, family, event, q, self.config.quarantine)
         self._publish_address(
-            address, rec, state, state != old_state, partition, offset, family, out
+            address, rec, state, state != old_state, partition, offset, family, out, reborn_from
         )
 
     def _address_time(
         self, address: str, partition: int, offset: int, family: str, out: list[Output]
     ) -> None:
         rec = self.addresses[address]
-        state = AddressState.from_dict(rec["s"])
+        if isinstance(rec, Retired):
+            del self.addresses[address]  # its marker's time is over
+            return
+        state = rec.state
         view = address_health.view(state, self.clock)
         if (
             view.state == address_health.VALID
             and state.max_seen is not None
             and self.clock >= state.max_seen + self.config.address_retention_ms
         ):
-            del self.addresses[address]
+            self._retire(
+                self.addresses, self._address_due, address, rec, self.config.address_retention_ms
+            )
+            out.append(tombstone(Topic.ADDRESS, address, rec.version, self.clock))
             return
         self._publish_address(address, rec, state, False, partition, offset, family, out)
 
     def _publish_address(
         self,
         address: str,
-        rec: dict[str, Any] | None,
+        rec: AddressRecord | None,
         state: AddressState,
         state_changed: bool,
         partition: int,
         offset: int,
         family: str,
         out: list[Output],
+        reborn_from: int = 0,
     ) -> None:
         # An operator's action may be ahead of the clock (it does not move it): the record
         # then bears the action's time, as the view does.
@@ -453,27 +459,28 @@ class FeedbackProcessor:
             "reason": view.reason,
             "last_error_time": view.last_error_at,
         }
-        changed = rec is None or shown != rec["view"]
+        changed = rec is None or shown != rec.view
         if changed or state_changed:
             due = state.resets_at if (state.resets_at or -1) >= self.clock else None
             if due is None and view.state == address_health.VALID and state.max_seen is not None:
                 due = state.max_seen + self.config.address_retention_ms
-            version = _write(
+            version = write_tracked(
                 self.addresses,
                 self._address_due,
                 address,
                 rec,
-                state.to_dict(),
+                state,
                 shown,
                 changed,
                 due,
                 partition,
                 offset,
                 family,
+                reborn_from,
             )
             if changed:
                 out.append(address_record(address, shown, version, now))
                 return
-        if _is_redelivery(rec, family, offset):
+        if is_redelivery(rec, family, offset):
             assert rec is not None
-            out.append(address_record(address, shown, rec["v"], now))
+            out.append(address_record(address, shown, rec.version, now))

@@ -36,9 +36,33 @@ THROTTLE_FIELDS = (
 
 
 class Output(NamedTuple):
+    """A record to send; ``value`` None is a tombstone, with its ``headers``."""
+
     topic: Topic
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def tombstone(topic: Topic, key: str, version: int, time_ms: int) -> Output:
+    """A key retired from its table: null value on its compacted topic. The headers say
+    which version it ends and when, so that a reader can refuse an older record that
+    comes after it (a replay, a late duplicate)."""
+    return Output(
+        topic,
+        key,
+        None,
+        (("version", str(version).encode()), ("event_time", str(time_ms).encode())),
+    )
+
+
+def tombstone_fields(headers: Any) -> tuple[int, int] | None:
+    """(version, event_time) of a tombstone's headers, or None when they are missing."""
+    found = {k: v for k, v in headers or () if k in ("version", "event_time")}
+    try:
+        return int(found["version"]), int(found["event_time"])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def status_record(

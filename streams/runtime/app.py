@@ -20,7 +20,7 @@ from faust.types import EventT
 
 from streams.domain.bounce.qualifier import load_qualifier
 from streams.pipeline.control import ControlProcessor
-from streams.pipeline.feedback import FeedbackProcessor
+from streams.pipeline.feedback import FeedbackProcessor, LateEvent
 from streams.pipeline.kpi import KpiAggregator
 from streams.pipeline.records import (
     Output,
@@ -107,15 +107,32 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
+def table_key_count(table: faust.Table) -> int:
+    """Keys a table holds in this worker; for RocksDB its own estimate, as counting the
+    keys of millions of records would stall a scrape."""
+    dbs = getattr(table.data, "_dbs", None)
+    if dbs is None:
+        return len(table.data)
+    return sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in list(dbs.values()))
+
+
 def build_app(settings: Settings) -> Components:
     app = faust_app(settings)
-    codec = Codec.from_settings(settings.schema_registry_url)
+    codec = Codec.from_settings(settings)
 
     sink = RecordSink(settings)
     tables: list[faust.Table] = []
+    rocksdb = settings.store.startswith("rocksdb")
 
-    def table(name: str) -> faust.Table:
-        created = app.Table(name, default=None, partitions=settings.partitions)
+    def table(name: str, encoded: bool = False) -> faust.Table:
+        # ``encoded``: the step stores compact bytes (streams/pipeline/table_values.py).
+        created = app.Table(
+            name,
+            default=None,
+            partitions=settings.partitions,
+            value_type=bytes if encoded else None,  # bytes: Faust's "raw" serializer
+            options=settings.rocksdb_options() if rocksdb else None,
+        )
         changelog_via(sink, created)
         tables.append(created)
         return created
@@ -128,6 +145,7 @@ def build_app(settings: Settings) -> Components:
             consumer_lag=lambda: consumer_lag(app),
             sink_queue=sink.queue_length,
             sink_errors=lambda: sink.stats.failed,
+            table_keys=lambda: {t.name: table_key_count(t) for t in tables},
         )
     )
     stats = metrics.stats
@@ -135,13 +153,14 @@ def build_app(settings: Settings) -> Components:
         app=app,
         codec=codec,
         feedback=FeedbackProcessor(
-            table("messages"),
-            table("addresses"),
+            table("messages", encoded=True),
+            table("addresses", encoded=True),
             table("kpi-parts"),
             qualifier,
             settings.pipeline_config(),
             signal_fn=signal_output(rules),
             clocks=table("clocks"),
+            lazy_scan=rocksdb,
         ),
         kpi=KpiAggregator(table("kpi-sums")),
         control=ControlProcessor(
@@ -172,9 +191,13 @@ def build_app(settings: Settings) -> Components:
         for out in outputs:
             if out.topic in OBSERVED_TOPICS:
                 stats.output(out)
+            topic = topic_names[out.topic]
+            if out.value is None:  # a tombstone
+                sink.produce(topic, out.key.encode(), None, headers=out.headers)
+                continue
             avro = out.topic in SCHEMA_FILES
-            value = codec.encode(out.topic, out.value) if avro else json_bytes(out.value)
-            sink.produce(topic_names[out.topic], out.key.encode(), value)
+            value = codec.encode(out.topic, out.value, topic) if avro else json_bytes(out.value)
+            sink.produce(topic, out.key.encode(), value)
 
     def dead_letter(event: EventT, kind: str, reason: str) -> None:
         parts.dead_letters += 1
@@ -193,7 +216,8 @@ def build_app(settings: Settings) -> Components:
             "error": reason,
             "error_kind": kind,
         }
-        sink.produce(topic_names[Topic.DLQ], msg.key, codec.encode(Topic.DLQ, record))
+        dlq = topic_names[Topic.DLQ]
+        sink.produce(dlq, msg.key, codec.encode(Topic.DLQ, record, dlq))
 
     family_of = {settings.topic(name): name for name in INGEST.reads}
 
@@ -245,6 +269,8 @@ def build_app(settings: Settings) -> Components:
                     send_outputs(step(event.message))
                 except DecodeError as exc:
                     dead_letter(event, exc.kind, exc.reason)
+                except LateEvent as exc:
+                    dead_letter(event, exc.kind, str(exc))
                 except Exception as exc:  # a bug must not stop the stream: park the record
                     msg = event.message
                     log.exception("%s failed at %s@%s", name, msg.tp, msg.offset)
@@ -284,6 +310,10 @@ def build_app(settings: Settings) -> Components:
     async def freeze_tables() -> None:
         # Full garbage collection passes over the tables paused the worker for 100-360 ms.
         gc_tuning.freeze_survivors()
+
+    @app.timer(gc_tuning.TRIM_INTERVAL_S)
+    async def trim_heap() -> None:
+        gc_tuning.trim_heap()
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:

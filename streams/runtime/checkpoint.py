@@ -46,10 +46,11 @@ def changelog_via(sink: RecordSink, table: faust.Table) -> None:
         value_serializer: Any = None,
     ) -> _Sent:
         # Serializers are Faust's way to say "raw" for a deletion (value None): ignored, as
-        # keys and values are always JSON here and a deletion is a tombstone.
-        sink.produce(
-            topic, json_bytes(key), None if value is None else json_bytes(value), partition
-        )
+        # keys are always JSON here, values JSON or the encoded bytes of the large tables
+        # (streams/pipeline/table_values.py), and a deletion is a tombstone.
+        if value is not None and not isinstance(value, bytes):
+            value = json_bytes(value)
+        sink.produce(topic, json_bytes(key), value, partition)
         return _Sent(_Partition(partition))
 
     table.send_changelog = send_changelog  # type: ignore[method-assign]

@@ -1,13 +1,16 @@
-"""Avro codec: schemas from ``schemas/``, two wire formats, writer → reader resolution.
+"""Avro codec: the package's schemas, two wire formats, writer → reader resolution.
 
 - Avro single-object encoding (``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of
   the writer schema's canonical form), used when no schema registry is configured.
 - Confluent wire format (``00`` + 4-byte big-endian schema id), used when
-  ``SCHEMA_REGISTRY_URL`` is set (``mock://...`` gives confluent-kafka's in-process mock).
+  ``SCHEMA_REGISTRY_URL`` is set (``mock://...`` gives confluent-kafka's in-process mock):
+  confluent-kafka's own Avro serializer and deserializer (streams/runtime/registry.py),
+  subjects named by TopicNameStrategy (``<full topic name>-value``).
 
 The decoder accepts both whatever the configuration, and resolves the writer schema to the
-current reader schema with fastavro, so producers on an older schema version keep working.
-Decoded ``timestamp-millis`` fields stay integers (epoch ms): the domain code works in ms and
+current reader schema, so producers on an older schema version keep working (every version
+in ``schemas/history/`` is known to the single-object decoder). Decoded
+``timestamp-millis`` fields stay integers (epoch ms): the domain code works in ms and
 converting to ``datetime`` and back would cost time on the hot path.
 """
 
@@ -17,18 +20,27 @@ import copy
 import io
 import json
 import os
-import struct
+import re
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.pipeline.topics import SCHEMA_FILES
+from streams.pipeline.topics import INPUT_TOPICS, SCHEMA_FILES
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from streams.runtime.config import Settings
+    from streams.runtime.registry import RegistrySerde
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
+_VERSION_FILE = re.compile(r"v(\d+)\.avsc")
 
 
 class DecodeError(ValueError):
@@ -40,20 +52,43 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def schema_dir() -> Path:
-    """``MTA_SCHEMA_DIR`` or the repository's ``schemas/`` next to the package."""
+def schema_dir() -> Traversable:
+    """``MTA_SCHEMA_DIR``, or the schemas shipped in the package (``streams.schemas``, the
+    repository's top-level ``schemas/`` folder)."""
     configured = os.environ.get("MTA_SCHEMA_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+    return Path(configured) if configured else files("streams.schemas")
 
 
 def load_schema_json(name: str) -> dict[str, Any]:
+    """The current schema of the records of ``name`` (a logical topic name)."""
     path = schema_dir() / f"{SCHEMA_FILES[name]}.avsc"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
     except FileNotFoundError:
         raise FileNotFoundError(
             f"Avro schema {path} not found; set MTA_SCHEMA_DIR to the schemas/ folder"
         ) from None
+
+
+def schema_history(stem: str) -> list[dict[str, Any]]:
+    """Every released version of schema ``stem`` (``history/<stem>/v<N>.avsc``), oldest
+    first; the last one is the current schema."""
+    folder = schema_dir() / "history" / stem
+    if not folder.is_dir():
+        return []
+    versions = {
+        int(match.group(1)): entry
+        for entry in folder.iterdir()
+        if (match := _VERSION_FILE.fullmatch(entry.name))
+    }
+    return [json.loads(versions[v].read_text()) for v in sorted(versions)]
+
+
+def compatibility_level(name: str) -> str:
+    """The registry compatibility of a topic's subject. Inputs: BACKWARD (the workers, their
+    consumers, upgrade first and read what older producers wrote). Outputs: FORWARD (the
+    workers upgrade first and their records stay readable by consumers on older schemas)."""
+    return "BACKWARD" if name in INPUT_TOPICS else "FORWARD"
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -68,54 +103,55 @@ def _strip_logical_types(node: Any) -> Any:
 class Codec:
     """Encodes and decodes the project's records; one instance per process is enough."""
 
-    def __init__(self, registry: Any | None = None) -> None:
-        self._registry = registry
+    def __init__(self, registry: SchemaRegistryClient | None = None) -> None:
         self._writers: dict[str, Any] = {}  # name → parsed schema (with logical types)
         self._readers: dict[str, Any] = {}  # name → parsed reader schema (plain longs)
-        self._headers: dict[str, bytes] = {}  # name → wire header for encoding
+        self._headers: dict[str, bytes] = {}  # name → single-object header for encoding
         self._by_fingerprint: dict[bytes, Any] = {}  # 8 bytes → parsed writer (plain longs)
-        self._by_id: dict[int, Any] = {}  # registry id → parsed writer (plain longs)
-        for name in SCHEMA_FILES:
-            raw = load_schema_json(name)
+        raw_schemas = {name: load_schema_json(name) for name in SCHEMA_FILES}
+        for name, raw in raw_schemas.items():
+            for old in schema_history(SCHEMA_FILES[name]):
+                self.register_history(old)
+            # The current version last: its writer is then the reader object itself, and
+            # fastavro skips schema resolution for identical schemas (a third of a decode).
+            self._readers[name] = self.register_history(raw)
             self._writers[name] = fastavro.parse_schema(copy.deepcopy(raw))
-            plain = fastavro.parse_schema(_strip_logical_types(raw))
-            self._readers[name] = plain
-            fp = schema_fingerprint(raw)
-            self._by_fingerprint[fp] = plain
-            self._headers[name] = SINGLE_OBJECT_MAGIC + fp
+            self._headers[name] = SINGLE_OBJECT_MAGIC + schema_fingerprint(raw)
+        self._registry: RegistrySerde | None = None
+        if registry is not None:
+            from streams.runtime.registry import RegistrySerde
+
+            self._registry = RegistrySerde(registry, raw_schemas)
 
     @classmethod
-    def from_settings(cls, schema_registry_url: str) -> Codec:
-        if not schema_registry_url:
+    def from_settings(cls, settings: Settings) -> Codec:
+        """Single-object encoding without ``SCHEMA_REGISTRY_URL``; the registry's otherwise."""
+        if not settings.schema_registry_url:
             return cls()
-        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from streams.runtime.registry import registry_client
 
-        return cls(SchemaRegistryClient.new_client({"url": schema_registry_url}))
+        return cls(registry_client(settings))
 
-    def register_history(self, raw_schema: dict[str, Any]) -> None:
-        """Accept records written with an older version of a schema (single-object format)."""
-        self._by_fingerprint[schema_fingerprint(raw_schema)] = fastavro.parse_schema(
-            _strip_logical_types(raw_schema)
-        )
+    def register_history(self, raw_schema: dict[str, Any]) -> Any:
+        """Accept records written with this version of a schema (single-object format);
+        returns it parsed, with plain longs."""
+        parsed = fastavro.parse_schema(_strip_logical_types(raw_schema))
+        self._by_fingerprint[schema_fingerprint(raw_schema)] = parsed
+        return parsed
 
-    def header(self, name: str, subject: str | None = None) -> bytes:
-        """Wire header for records of ``name``; registers the schema when a registry is set."""
-        if self._registry is None:
-            return self._headers[name]
-        key = f"registry:{subject or name}"
-        if key not in self._headers:
-            from confluent_kafka.schema_registry import Schema
+    def header(self, name: str) -> bytes:
+        """Single-object header of records of ``name`` in their current schema."""
+        return self._headers[name]
 
-            schema_str = json.dumps(load_schema_json(name))
-            schema_id = self._registry.register_schema(
-                subject or f"{name}-value", Schema(schema_str, "AVRO")
-            )
-            self._headers[key] = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
-        return self._headers[key]
-
-    def encode(self, name: str, record: dict[str, Any], subject: str | None = None) -> bytes:
+    def encode(self, name: str, record: dict[str, Any], topic: str | None = None) -> bytes:
+        """``record`` as a ``name`` record. With a registry, ``topic`` (the full Kafka topic
+        name) is required: it names the subject, ``<topic>-value``."""
+        if self._registry is not None:
+            if topic is None:
+                raise ValueError(f"encoding a {name} record for a schema registry needs its topic")
+            return self._registry.encode(name, record, topic)
         buf = io.BytesIO()
-        buf.write(self.header(name, subject))
+        buf.write(self._headers[name])
         fastavro.schemaless_writer(buf, self._writers[name], record)
         return buf.getvalue()
 
@@ -123,63 +159,53 @@ class Codec:
         """Decode ``data`` as a record of ``name``; raises DecodeError with a category."""
         if not data:
             raise DecodeError("undecodable", "empty value")
-        writer = self._writer_for(data)
-        reader = self._readers[name]
-        if isinstance(writer, dict) and writer.get("name") != reader["name"]:
-            raise DecodeError(
-                "wrong_schema", f"record is a {writer.get('name')}, expected {reader['name']}"
-            )
-        offset = 10 if data[:2] == SINGLE_OBJECT_MAGIC else 5
-        buf = io.BytesIO(data)
-        buf.seek(offset)
-        try:
-            record = fastavro.schemaless_reader(buf, writer, reader)
-        except Exception as exc:  # fastavro raises many types on corrupt or foreign data
-            # str(), not repr(): a UnicodeDecodeError's repr carries the raw field bytes,
-            # which may be a recipient address, into the logs and the dead-letter reason.
-            raise DecodeError(
-                "invalid", f"cannot read as {name}: {type(exc).__name__}: {exc}"[:500]
-            ) from None
-        if buf.tell() != len(data):
-            raise DecodeError(
-                "invalid", f"{len(data) - buf.tell()} trailing bytes after the {name} record"
-            )
-        return record  # type: ignore[return-value]
-
-    def _writer_for(self, data: bytes) -> Any:
         if data[:2] == SINGLE_OBJECT_MAGIC:
-            if len(data) < 10:
-                raise DecodeError("undecodable", "truncated single-object header")
-            writer = self._by_fingerprint.get(data[2:10])
-            if writer is None:
-                raise DecodeError(
-                    "unknown_schema", f"unknown schema fingerprint {data[2:10].hex()}"
-                )
-            return writer
+            return self._decode_single_object(name, data)
         if data[:1] == CONFLUENT_MAGIC:
             if len(data) < 5:
                 raise DecodeError("undecodable", "truncated Confluent header")
-            schema_id = struct.unpack(">I", data[1:5])[0]
-            writer = self._by_id.get(schema_id)
-            if writer is None:
-                writer = self._fetch(schema_id)
-            return writer
+            if self._registry is None:
+                schema_id = int.from_bytes(data[1:5], "big")
+                raise DecodeError(
+                    "unknown_schema",
+                    f"schema id {schema_id} but no SCHEMA_REGISTRY_URL configured",
+                )
+            return self._registry.decode(name, data)
         raise DecodeError(
             "undecodable", f"not Avro: unknown magic byte 0x{data[0]:02x} (expected c3 01 or 00)"
         )
 
-    def _fetch(self, schema_id: int) -> Any:
-        if self._registry is None:
+    def _decode_single_object(self, name: str, data: bytes) -> dict[str, Any]:
+        if len(data) < 10:
+            raise DecodeError("undecodable", "truncated single-object header")
+        writer = self._by_fingerprint.get(data[2:10])
+        if writer is None:
+            raise DecodeError("unknown_schema", f"unknown schema fingerprint {data[2:10].hex()}")
+        reader = self._readers[name]
+        if writer["name"] != reader["name"]:
             raise DecodeError(
-                "unknown_schema", f"schema id {schema_id} but no SCHEMA_REGISTRY_URL configured"
+                "wrong_schema", f"record is a {writer['name']}, expected {reader['name']}"
             )
+        buf = io.BytesIO(data)
+        buf.seek(10)
         try:
-            schema = self._registry.get_schema(schema_id)
-            writer = fastavro.parse_schema(_strip_logical_types(json.loads(schema.schema_str)))
-        except Exception as exc:  # registry errors: unknown id, network, bad schema text
-            raise DecodeError("unknown_schema", f"schema id {schema_id}: {exc}"[:500]) from None
-        self._by_id[schema_id] = writer
-        return writer
+            record = fastavro.schemaless_reader(buf, writer, reader)
+        except Exception as exc:  # fastavro raises many types on corrupt or foreign data
+            raise invalid(name, exc) from None
+        check_consumed(name, buf, len(data))
+        return record  # type: ignore[return-value]
+
+
+def invalid(name: str, exc: Exception) -> DecodeError:
+    # str(), not repr(): a UnicodeDecodeError's repr carries the raw field bytes, which may
+    # be a recipient address, into the logs and the dead-letter reason.
+    return DecodeError("invalid", f"cannot read as {name}: {type(exc).__name__}: {exc}"[:500])
+
+
+def check_consumed(name: str, buf: io.BytesIO, size: int) -> None:
+    """Bytes left after a whole record are a framing error, not a record."""
+    if buf.tell() != size:
+        raise DecodeError("invalid", f"{size - buf.tell()} trailing bytes after the {name} record")
 
 
 def schema_fingerprint(raw_schema: dict[str, Any]) -> bytes:

@@ -133,6 +133,15 @@ class Settings:
         "",
         doc="Schema registry; empty = Avro single-object encoding, set = Confluent wire format",
     )
+    schema_registry_user: str = _var(
+        "SCHEMA_REGISTRY_USER", "", doc="Schema registry basic auth user (API key)"
+    )
+    schema_registry_password: str = _var(
+        "SCHEMA_REGISTRY_PASSWORD",
+        "",
+        doc="Schema registry basic auth password (API secret)",
+        secret=True,
+    )
     redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", doc="Redis serving views")
     topic_prefix: str = _var("MTA_TOPIC_PREFIX", "mta", _topic_prefix, "Namespace of all topics")
     partitions: int = _var("MTA_PARTITIONS", 4, _int(1, 1024), "Partitions per topic")
@@ -144,6 +153,18 @@ class Settings:
         "MTA_STORE", "memory://", _choice("memory://", "rocksdb://"), "Faust table store"
     )
     data_dir: str = _var("MTA_DATA_DIR", ".run/data", doc="Worker data dir (RocksDB tables)")
+    rocksdb_cache_mb: int = _var(
+        "MTA_ROCKSDB_CACHE_MB",
+        8,
+        _int(1, 65536),
+        "RocksDB block cache per table partition (the worker's RSS with RocksDB grows to it)",
+    )
+    rocksdb_write_buffer_mb: int = _var(
+        "MTA_ROCKSDB_WRITE_BUFFER_MB",
+        4,
+        _int(1, 4096),
+        "RocksDB memtable size per table partition (two of them at most)",
+    )
     run_dir: str = _var("MTA_RUN_DIR", ".run", doc="Embedded stack pid and log files")
     session_timeout_s: float = _var(
         "MTA_SESSION_TIMEOUT_S", 6.0, _float(1, 600), "Consumer session timeout"
@@ -291,12 +312,31 @@ class Settings:
     def _check(self) -> None:
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ConfigError("MTA_SASL_MECHANISM must be set when MTA_SECURITY_PROTOCOL is SASL_*")
+        if bool(self.schema_registry_user) != bool(self.schema_registry_password):
+            raise ConfigError("SCHEMA_REGISTRY_USER and SCHEMA_REGISTRY_PASSWORD are set together")
+        if self.schema_registry_user and "@" in self.schema_registry_url:
+            raise ConfigError(
+                "registry credentials go either in SCHEMA_REGISTRY_URL or in "
+                "SCHEMA_REGISTRY_USER / SCHEMA_REGISTRY_PASSWORD, not both"
+            )
         if bool(self.webhook_user) != bool(self.webhook_password):
             raise ConfigError("MTA_WEBHOOK_USER and MTA_WEBHOOK_PASSWORD are set together")
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ConfigError(
                 "MTA_HEARTBEAT_INTERVAL_S must be at most a third of MTA_SESSION_TIMEOUT_S"
             )
+
+    def rocksdb_options(self) -> dict[str, int]:
+        """Faust's RocksDB options per table partition: small, bounded memory. Faust's own
+        defaults (2 GB of block cache and three 64 MB memtables per table partition) let
+        a worker's RSS grow with its state."""
+        mb = 1 << 20
+        return {
+            "write_buffer_size": self.rocksdb_write_buffer_mb * mb,
+            "max_write_buffer_number": 2,
+            "block_cache_size": self.rocksdb_cache_mb * mb,
+            "block_cache_compressed_size": self.rocksdb_cache_mb * mb,
+        }
 
     def pipeline_config(self) -> PipelineConfig:
         """The domain thresholds above, as the pipeline steps take them."""

@@ -102,6 +102,8 @@ class WorkerStats:
     statuses: dict[str, int] = field(default_factory=dict)
     address_states: dict[str, int] = field(default_factory=dict)
     throttle_changes: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # Tombstones sent, by output topic (messages and addresses retired from the tables).
+    retired: dict[str, int] = field(default_factory=dict)
     # Throttle key → (scope, mode) as last sent: keys in backoff or suspended now.
     throttle_modes: dict[str, tuple[str, str]] = field(default_factory=dict)
     sequencer_wait: BucketCounts = field(default_factory=lambda: BucketCounts(WAIT_BUCKETS))
@@ -116,7 +118,9 @@ class WorkerStats:
     def output(self, out: Output) -> None:
         """Observe one output record the worker sends (status, address or throttle)."""
         value = out.value
-        if out.topic == Topic.STATUS:
+        if value is None:
+            self.retired[out.topic] = self.retired.get(out.topic, 0) + 1
+        elif out.topic == Topic.STATUS:
             status = value["status"]
             self.statuses[status] = self.statuses.get(status, 0) + 1
             if value.get("rule"):
@@ -167,6 +171,12 @@ def stats_metrics(stats: WorkerStats) -> Iterator[Metric]:
         stats.address_states,
     )
     yield _counter(
+        "mta_tombstones",
+        "Keys retired from the tables, by output topic (a tombstone sent on each)",
+        ["topic"],
+        {str(topic): count for topic, count in stats.retired.items()},
+    )
+    yield _counter(
         "mta_throttle_changes",
         "Throttle settings whose mode changed",
         ["scope", "group", "mode"],
@@ -201,6 +211,8 @@ class WorkerProbes:
     consumer_lag: Callable[[], dict[tuple[str, int], int]]
     sink_queue: Callable[[], int]
     sink_errors: Callable[[], int]
+    # Table name → keys held in this worker (RocksDB: its estimate).
+    table_keys: Callable[[], dict[str, int]] = dict
     view_lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -237,6 +249,14 @@ class WorkerCollector(Collector):
             "Records the producer failed to deliver",
             value=self.probes.sink_errors(),
         )
+        tables = GaugeMetricFamily(
+            "mta_table_keys",
+            "Keys in each table of this worker, retired markers included (RocksDB: estimated)",
+            labels=["table"],
+        )
+        for table, count in sorted(self.probes.table_keys().items()):
+            tables.add_metric([table], count)
+        yield tables
         views = GaugeMetricFamily(
             "mta_view_lag_records",
             "Output records the Redis view updater has not applied yet",

@@ -29,7 +29,7 @@ class EventProducer:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.codec = codec or Codec.from_settings(settings.schema_registry_url)
+        self.codec = codec or Codec.from_settings(settings)
         self._sink = RecordSink(settings, overrides)
         self._topics = {family: settings.topic(family) for family in INPUT_TOPICS}
 
@@ -42,7 +42,7 @@ class EventProducer:
         topic = self._topics.get(family)
         if topic is None:
             raise ValueError(f"unknown event family {family!r}; expected one of {INPUT_TOPICS}")
-        value = self.codec.encode(family, dict(event), subject=f"{topic}-value")
+        value = self.codec.encode(family, dict(event), topic)
         self.produce_raw(topic, input_key(str(event["recipient"])), value)
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,12 +83,19 @@ class RecordSink:
         log.error("record to %s not delivered: %s", msg.topic(), err)
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Enqueue one record; ``partition`` None means by key."""
         args: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition is not None:
             args["partition"] = partition
+        if headers:
+            args["headers"] = list(headers)
         while True:
             try:
                 self._producer.produce(topic, value, key, **args)

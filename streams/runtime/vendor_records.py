@@ -31,10 +31,17 @@ class Record(NamedTuple):
 
 
 def dead_letter(
-    codec: Codec, source: str, index: int, raw: str, reason: str, kind: str = VENDOR
+    codec: Codec,
+    source: str,
+    index: int,
+    raw: str,
+    reason: str,
+    topic: str | None = None,
+    kind: str = VENDOR,
 ) -> Record:
     """A dead letter for a vendor record: ``source`` names where it came from (a file or
-    an HTTP route), ``index`` its line or its place in the batch."""
+    an HTTP route), ``index`` its line or its place in the batch; ``topic`` is the full
+    name of the dead-letter topic (its registry subject is ``<topic>-value``)."""
     value = {
         "event_time": int(time.time() * 1000),
         "source_topic": source,
@@ -45,7 +52,7 @@ def dead_letter(
         "error": reason[:1000],
         "error_kind": kind,
     }
-    return Record(Topic.DLQ, None, codec.encode(Topic.DLQ, value), reason)
+    return Record(Topic.DLQ, None, codec.encode(Topic.DLQ, value, topic), reason)
 
 
 def to_record(
@@ -56,25 +63,25 @@ def to_record(
     names: Mapping[str, str] | None = None,
 ) -> Record | None:
     """The record to produce for one adapter result (None for a skipped one). ``names``
-    maps a family to its full topic name, for the registry subject (``<topic>-value``)
-    that ``EventProducer`` uses too."""
+    maps each input family and the dead-letter topic to its full topic name, which names
+    the registry subject (``<topic>-value``) as in ``EventProducer``."""
     if isinstance(result, Skip):
         return None
+    dlq = names.get(Topic.DLQ) if names else None
     if isinstance(result, Bad):
-        return dead_letter(codec, source, index, result.raw, result.reason)
+        return dead_letter(codec, source, index, result.raw, result.reason, dlq)
     assert isinstance(result, Event)
     family = Topic(result.family)
     try:
-        subject = f"{names[family]}-value" if names else None
-        value = codec.encode(family, dict(result.event), subject=subject)
+        value = codec.encode(family, dict(result.event), names[family] if names else None)
         # The writer has checked every field's type, so the dict is what a worker would
         # decode (absent optional fields read as None): no need to decode it again.
         validate_event(family, result.event)
     except DecodeError as exc:
         raw = json.dumps(result.to_json(), sort_keys=True)
-        return dead_letter(codec, source, index, raw, exc.reason, exc.kind)
+        return dead_letter(codec, source, index, raw, exc.reason, dlq, exc.kind)
     except (ValueError, TypeError, KeyError) as exc:
         raw = json.dumps(result.to_json(), sort_keys=True, default=str)
         reason = f"does not fit the {family} schema: {exc}"
-        return dead_letter(codec, source, index, raw, reason, "invalid")
+        return dead_letter(codec, source, index, raw, reason, dlq, "invalid")
     return Record(family, input_key(str(result.event["recipient"])), value, None)

@@ -83,7 +83,7 @@ class OperatorApi:
             decode_responses=True,
         )
         self.views = AsyncViewReader(self.client, ctx.views)
-        self.codec = Codec.from_settings(ctx.settings.schema_registry_url)
+        self.codec = Codec.from_settings(ctx.settings)
 
     async def _one(self, kind: str, identifier: str, what: str) -> web.Response:
         record = await self.views.read(kind, identifier)
@@ -186,8 +186,8 @@ class OperatorApi:
                 validate_event(Topic.OPERATOR, event)
             except DecodeError as exc:
                 raise ApiError(400, "bad_request", exc.reason) from None
-            subject = f"{self.ctx.settings.topic(Topic.OPERATOR)}-value"
-            value = self.codec.encode(Topic.OPERATOR, event, subject=subject)
+            topic = self.ctx.settings.topic(Topic.OPERATOR)
+            value = self.codec.encode(Topic.OPERATOR, event, topic)
             record = Record(Topic.OPERATOR, input_key(address), value, None)
             await self.ctx.producer.send([record], started)
             log.info("operator %s accepted (event %s)", kind, event["event_id"])

@@ -72,8 +72,8 @@ class Ingest:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.codec = Codec.from_settings(ctx.settings.schema_registry_url)
-        self.names = {family: ctx.settings.topic(family) for family in INPUT_TOPICS}
+        self.codec = Codec.from_settings(ctx.settings)
+        self.names = {f: ctx.settings.topic(f) for f in (*INPUT_TOPICS, Topic.DLQ)}
         self.limit = ctx.settings.http_max_body_bytes
 
     async def outcome(self, route: Route, elements: list[Any]) -> Outcome:
@@ -117,8 +117,8 @@ class Ingest:
         except Exception as exc:
             # Values no schema check foresaw (e.g. an integer beyond 64 bits).
             raw = _utf8_safe(repr(result))
-            reason = f"cannot be encoded: {type(exc).__name__}: {exc}"
-            record = dead_letter(self.codec, source, index, raw, _utf8_safe(reason)[:1000])
+            reason = _utf8_safe(f"cannot be encoded: {type(exc).__name__}: {exc}")[:1000]
+            record = dead_letter(self.codec, source, index, raw, reason, self.names[Topic.DLQ])
         assert record is not None  # skips were taken out before
         return record
 

@@ -1,5 +1,11 @@
 """A small consumer for downstream readers of the output topics (status, address, KPI,
-throttle, dead letters): confluent-kafka, decoded records, bounded waits."""
+throttle, dead letters): confluent-kafka, decoded records, bounded waits.
+
+A record with a null value is a tombstone: its key retired from the workers' tables (a
+message or an address; headers ``version`` and ``event_time``, see
+streams/serving/retirement.py). It is yielded with ``value`` None, so that a reader
+building the latest state per key drops the key (``fold_latest``).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,21 @@ class Record:
     partition: int
     offset: int
     key: bytes | None
-    value: dict[str, Any]
+    value: dict[str, Any] | None  # None: a tombstone
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+def fold_latest(latest: dict[str, dict[str, Any]], record: Record, key_field: str) -> None:
+    """Fold ``record`` into ``latest``, the newest version per ``key_field``: a record
+    replaces an older or equal version, a tombstone drops its key (the topic orders them,
+    so what follows a tombstone is a newer life of the key, whatever its version)."""
+    if record.value is None:
+        if record.key is not None:
+            latest.pop(record.key.decode(errors="replace"), None)
+        return
+    key = record.value[key_field]
+    if key not in latest or record.value.get("version", 0) >= latest[key].get("version", 0):
+        latest[key] = record.value
 
 
 class OutputConsumer:
@@ -44,7 +64,7 @@ class OutputConsumer:
             raise ValueError(f"{name!r} is not an Avro output topic")
         self.name = name
 
-        self.codec = codec or Codec.from_settings(settings.schema_registry_url)
+        self.codec = codec or Codec.from_settings(settings)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
@@ -75,12 +95,14 @@ class OutputConsumer:
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise RuntimeError(f"consumer error on {self.name}: {err}")
+                value = msg.value()
                 yield Record(
                     msg.topic(),
                     msg.partition(),
                     msg.offset(),
                     msg.key(),
-                    self.codec.decode(self.name, msg.value()),
+                    None if value is None else self.codec.decode(self.name, value),
+                    tuple(msg.headers() or ()),
                 )
 
     def close(self) -> None:

@@ -14,16 +14,19 @@ become ``%XX``):
 | --- | --- | --- |
 | ``P:msg:<message_id>`` | hash | the status_change record: status, failure fields, version |
 | ``P:addr:<address>`` | hash | state, error_count, reason, last_error_time, version, event_time |
+| ``P:gone:msg:<id>`` / ``P:gone:addr:<address>`` | hash | a tombstone's event_time, version |
 | ``P:quarantined`` / ``P:denylisted`` | set | addresses in that state (check before sending) |
 | ``P:index:quarantined`` / ``P:index:denylisted`` | sorted set | ``<domain> <address>``, score 0 |
-
-The sorted indexes hold the addresses of the two sets, sorted by domain then address, so
-that a lister pages through them with ZRANGEBYLEX from the last address it showed.
 | ``P:kpi:<delivery_id>`` | hash | the EFS counters and success_pct, version |
 | ``P:throttle:<key>`` | hash | the setting; each change is published on ``P:throttle`` |
 | ``P:throttle-history`` | stream | each new throttle version, capped at about 10,000 |
 | ``P:reputation:<key>`` | hash | the latest reputation window |
 | ``P:views:generation`` | string | marker: when missing, Redis was emptied: rebuild |
+
+The sorted indexes hold the addresses of the two sets, sorted by domain then address, so
+that a lister pages through them with ZRANGEBYLEX from the last address it showed.
+
+Tombstones, their markers and the TTL backstop: streams/serving/retirement.py.
 """
 
 from __future__ import annotations
@@ -45,48 +48,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from streams.pipeline.topics import Topic
 from streams.runtime.codec import Codec, DecodeError, load_schema_json
 from streams.runtime.config import Settings
+from streams.serving.retirement import TOMBSTONE_KINDS, Expiry, Tombstone, tombstone
+from streams.serving.view_scripts import RETIRE, UPSERT
 
 log = logging.getLogger(__name__)
-
-# Compare versions, replace the hash, maintain membership sets, optionally publish.
-# An equal version is applied: after a crash a worker may publish the same version again
-# with other content (its redelivered inputs interleaved differently), and the later record
-# is the one that stands, as on the compacted topic.
-# KEYS[1] hash; KEYS[2..] sets.  ARGV[1] version, ARGV[2] set member, ARGV[3] one char per
-# set key ('+' add, '-' remove; '>' add, '<' remove in a sorted index, as
-# '<domain> <member>'; '~' append the record to a capped stream when its version is new),
-# ARGV[4] channel or '', ARGV[5..] field/value pairs.
-_UPSERT_TEMPLATE = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
-local version = tonumber(ARGV[1])
-if current > version then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-local indexed = (string.match(ARGV[2], '@([^@]*)$') or '') .. ' ' .. ARGV[2]
-for i = 2, #KEYS do
-  local op = string.sub(ARGV[3], i - 1, i - 1)
-  if op == '+' then
-    redis.call('SADD', KEYS[i], ARGV[2])
-  elseif op == '-' then
-    redis.call('SREM', KEYS[i], ARGV[2])
-  elseif op == '>' then
-    redis.call('ZADD', KEYS[i], 0, indexed)
-  elseif op == '~' then
-    if current < version then
-      redis.call('XADD', KEYS[i], 'MAXLEN', '~', HISTORY_MAX, '*', unpack(ARGV, 5))
-    end
-  else
-    redis.call('ZREM', KEYS[i], indexed)
-  end
-end
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], cjson.encode(ARGV)) end
-return 1
-"""
-
-# Throttle changes kept in ``P:throttle-history`` (a capped stream) for the status page's
-# chart: the views themselves keep only each key's latest setting.
-HISTORY_MAX = 10_000
-_UPSERT = _UPSERT_TEMPLATE.replace("HISTORY_MAX", f"'{HISTORY_MAX}'")
 
 VIEW_TOPICS: dict[str, tuple[str, str, str]] = {
     # topic logical name → (Redis key kind, key field, field that orders versions)
@@ -117,17 +82,19 @@ def key_part(identifier: str) -> str:
 class ViewStore:
     """Reads and writes the views; the only place that knows the key layout."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, expiry: Expiry | None = None) -> None:
         self.client = client
         self.prefix = prefix
-        self._upsert = client.register_script(_UPSERT)
+        self.expiry = expiry or Expiry.from_settings(Settings())
+        self._upsert = client.register_script(UPSERT)
+        self._retire = client.register_script(RETIRE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ViewStore:
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, decode_responses=True
         )
-        return cls(client, settings.topic_prefix)
+        return cls(client, settings.topic_prefix, Expiry.from_settings(settings))
 
     def key(self, kind: str, identifier: str) -> str:
         return f"{self.prefix}:{kind}:{key_part(identifier)}"
@@ -140,36 +107,93 @@ class ViewStore:
     def generation_key(self) -> str:
         return f"{self.prefix}:views:generation"
 
-    def write(self, topic: str, records: Iterable[dict[str, Any]]) -> int:
-        """Apply records of one topic; returns how many were newer than what Redis had."""
+    def gone_key(self, kind: str, identifier: str) -> str:
+        """The marker a tombstone leaves: its event time and version."""
+        return f"{self.prefix}:gone:{kind}:{key_part(identifier)}"
+
+    def write(self, topic: str, records: Iterable[dict[str, Any] | Tombstone]) -> int:
+        """Apply records and tombstones of one topic, in order; returns how many."""
         kind, id_field, version_field = VIEW_TOPICS[topic]
         pipe = self.client.pipeline(transaction=False)
         count = 0
         for record in records:
-            keys = [self.key(kind, record[id_field])]
-            membership = ""
-            channel = ""
-            if topic == Topic.ADDRESS:
-                for state in LISTED_STATES:
-                    keys += [f"{self.prefix}:{state}", self.index_key(state)]
-                    membership += "+>" if record["state"] == state else "-<"
-            elif topic == Topic.THROTTLE:
-                channel = f"{self.prefix}:throttle"
-                keys.append(self.history_key)
-                membership = "~"
-            flat: list[Any] = []
-            for name, value in record.items():
-                if value is not None and name != "event_id":
-                    flat += [name, value if isinstance(value, str) else json.dumps(value)]
-            self._upsert(
-                keys=keys,
-                args=[record[version_field], record[id_field], membership, channel, *flat],
-                client=pipe,
-            )
+            if isinstance(record, Tombstone):
+                if kind not in TOMBSTONE_KINDS:
+                    log.warning("ignoring a tombstone on %s: its keys never retire", topic)
+                    continue
+                self._write_tombstone(kind, record, pipe)
+            else:
+                self._write_record(
+                    topic, kind, record[id_field], record[version_field], record, pipe
+                )
             count += 1
         if count:
             pipe.execute()
         return count
+
+    def _listed_keys(self) -> list[str]:
+        """The sets and sorted indexes of the listed states, in the order of their ops."""
+        return [k for s in LISTED_STATES for k in (f"{self.prefix}:{s}", self.index_key(s))]
+
+    def _write_record(
+        self,
+        topic: str,
+        kind: str,
+        identifier: str,
+        version: Any,
+        record: dict[str, Any],
+        pipe: redis.client.Pipeline,
+    ) -> None:
+        keys = [self.key(kind, identifier)]
+        ops = ""
+        channel = ""
+        if kind in TOMBSTONE_KINDS:
+            keys.append(self.gone_key(kind, identifier))
+            ops = "!"
+        if topic == Topic.ADDRESS:
+            keys += self._listed_keys()
+            ops += "".join("+>" if record["state"] == s else "-<" for s in LISTED_STATES)
+        elif topic == Topic.THROTTLE:
+            channel = f"{self.prefix}:throttle"
+            keys.append(self.history_key)
+            ops = "~"
+        flat: list[Any] = []
+        for name, value in record.items():
+            if value is not None and name != "event_id":
+                flat += [name, value if isinstance(value, str) else json.dumps(value)]
+        ttl = self.expiry.ttl_s(kind, record)
+        event_time = record.get("event_time")
+        self._upsert(
+            keys=keys,
+            args=[
+                version,
+                identifier,
+                ops,
+                channel,
+                "" if ttl is None else ttl,
+                "" if event_time is None else event_time,
+                *flat,
+            ],
+            client=pipe,
+        )
+
+    def _write_tombstone(self, kind: str, tomb: Tombstone, pipe: redis.client.Pipeline) -> None:
+        keys = [self.key(kind, tomb.key), self.gone_key(kind, tomb.key)]
+        ops = ""
+        if kind == "addr":
+            keys += self._listed_keys()
+            ops = "-<" * len(LISTED_STATES)
+        self._retire(
+            keys=keys,
+            args=[
+                "" if tomb.version is None else tomb.version,
+                tomb.key,
+                ops,
+                "" if tomb.event_time is None else tomb.event_time,
+                self.expiry.marker_s,
+            ],
+            client=pipe,
+        )
 
     @property
     def history_key(self) -> str:
@@ -285,7 +309,7 @@ class ViewUpdater:
     def __init__(self, settings: Settings, store: ViewStore | None = None) -> None:
         self.settings = settings
         self.store = store or ViewStore.from_settings(settings)
-        self.codec = Codec.from_settings(settings.schema_registry_url)
+        self.codec = Codec.from_settings(settings)
         self._topics = {settings.topic(name): name for name in VIEW_TOPICS}
         self._stop = threading.Event()
         self._generation = uuid.uuid4().hex
@@ -351,7 +375,9 @@ class ViewUpdater:
             consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     def _apply(self, msgs: list[Any]) -> None:
-        by_topic: dict[str, list[dict[str, Any]]] = {}
+        # Records and tombstones stay in topic order: a key may retire and be reborn in
+        # one batch.
+        by_topic: dict[str, list[dict[str, Any] | Tombstone]] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -359,9 +385,17 @@ class ViewUpdater:
                     log.warning("view consumer: %s", err)
                 continue
             name = self._topics[msg.topic()]
+            value = msg.value()
+            if value is None:
+                tomb = tombstone(msg.key(), msg.headers())
+                if tomb is None:
+                    log.error("view consumer: skipping a %s tombstone without a key", name)
+                else:
+                    by_topic.setdefault(name, []).append(tomb)
+                continue
             try:
                 by_topic.setdefault(name, []).append(
-                    self.codec.decode(name, msg.value())  # view topics share their schema's name
+                    self.codec.decode(name, value)  # view topics share their schema's name
                 )
             except DecodeError as exc:
                 # Output topics are written by the workers only; a bad record is a bug.

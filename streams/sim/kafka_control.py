@@ -63,7 +63,7 @@ class KafkaControlPlane:
     def __init__(self, settings: Settings, timeout_s: float = 120.0) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
-        self.codec = Codec.from_settings(settings.schema_registry_url)
+        self.codec = Codec.from_settings(settings)
         self.producer = EventProducer(settings, self.codec)
         client = {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
         self._ticks = Producer({**client, "linger.ms": 5})

@@ -20,7 +20,7 @@ from streams.runtime.config import Settings
 def main() -> None:
     settings = Settings.from_env()
     app = faust_app(settings)
-    codec = Codec.from_settings(settings.schema_registry_url)
+    codec = Codec.from_settings(settings)
     family_of = {settings.topic(name): name for name in INPUT_TOPICS}
     inputs = app.topic(*family_of, key_serializer="raw", value_serializer="raw")
     state: dict[str, dict[str, Any]] = {}

@@ -14,7 +14,11 @@ In one run, on the same broker and the same events:
    beside the machine's CPU use meanwhile (worker, broker and generator share it);
 6. feedback latency: then 20 rate-limit replies, each for a fresh domain, produced 50 ms
    apart; rate-limit reply produced → its throttle record consumed from the control topic;
-7. memory: the worker's peak RSS, per million tracked messages.
+7. memory, with the table store of MTA_STORE or ``--store`` (printed as ``store``): the
+   worker's RSS growth from start-up to after the backlog, once its output buffers have
+   drained and it has given freed heap back (``rss_mb_per_million_messages``), and its
+   peak RSS growth, buffers of the backlog's busiest moment and all, each per million
+   tracked messages.
 
 Prints one JSON line.
 """
@@ -25,18 +29,22 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
+from streams.runtime.gc_tuning import TRIM_INTERVAL_S
 from streams.runtime.producer import EventProducer
 from streams.testing import latency as feedback_latency
 from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
+from streams.testing.services import free_port
 from streams.testing.worker import WorkerProcess, committed_input
 from streams.tools.progress import Bar, progress_bar
 from streams.tools.stack import Stack, answers, broker_address
@@ -75,7 +83,7 @@ async def _baseline(settings: Settings, total: int) -> float:
     """aiokafka getmany + Avro decode + dict update; events per second."""
     from aiokafka import AIOKafkaConsumer
 
-    codec = Codec.from_settings(settings.schema_registry_url)
+    codec = Codec.from_settings(settings)
     families = {settings.topic(f): f for f in INPUT_TOPICS}
     consumer = AIOKafkaConsumer(
         *families,
@@ -136,6 +144,17 @@ class _Run(NamedTuple):
     cpu_ms_per_1k: float  # worker CPU per 1,000 events: steadier than eps on a shared machine
     start_rss_mb: float
     worker: WorkerProcess
+    # RSS (MB) once the backlog is done and the worker has settled (the pipeline's).
+    settled_rss_mb: float = 0.0
+
+
+def table_keys(port: int, table: str = "messages", timeout: float = 30.0) -> int:
+    """The worker's ``mta_table_keys`` gauge for ``table``, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(f'mta_table_keys{{table="{table}"}}'):
+                return int(float(line.rpartition(" ")[2]))
+    return 0
 
 
 def _pipeline(settings: Settings, total: int, log: Path, module: str | None = None) -> _Run:
@@ -163,7 +182,13 @@ def _pipeline(settings: Settings, total: int, log: Path, module: str | None = No
         raise RuntimeError(f"all {total} events were committed at once: too few to time")
     eps = (done - first_done) / (time.monotonic() - first_at)
     cpu = (_cpu_s(pid) - first_cpu) / (done - first_done) * 1e6
-    return _Run(eps, cpu, start_rss, worker)
+    settled = 0.0
+    if module is None:
+        # Output buffers drain after the last commit, and the worker gives the freed heap
+        # back every TRIM_INTERVAL_S: what stays is what the tables hold.
+        time.sleep(TRIM_INTERVAL_S + 2)
+        settled = _rss_mb(pid)
+    return _Run(eps, cpu, start_rss, worker, settled)
 
 
 def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> dict[str, Any]:
@@ -183,13 +208,13 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
         }
 
     # Encoded before the clock starts: the load generator shares the machine.
-    codec = Codec.from_settings(settings.schema_registry_url)
+    codec = Codec.from_settings(settings)
     topic = settings.topic(Topic.SEND)
     records = [
         (
             f"LAT-{i}",
             f"lat{i}@example.net".encode(),
-            codec.encode("send", relayed(i, from_ms + 1 + i), subject=f"{topic}-value"),
+            codec.encode("send", relayed(i, from_ms + 1 + i), topic),
         )
         for i in range(n)
     ]
@@ -240,10 +265,15 @@ def run(
     latency_seconds: float = 20.0,
     base: Settings | None = None,
     load: float = 0.5,
+    store: str | None = None,
 ) -> dict[str, Any]:
-    """The measures of this module's docstring; with stderr a terminal, a bar shows the phase."""
+    """The measures of this module's docstring; with stderr a terminal, a bar shows the phase.
+    ``store`` replaces MTA_STORE for the worker."""
+    base = base or Settings.from_env()
+    if store:
+        base = dataclasses.replace(base, store=store)
     with progress_bar("bench", len(_PHASES), unit="phases") as bar:
-        return _measure(n_events, seed, latency_seconds, base or Settings.from_env(), load, bar)
+        return _measure(n_events, seed, latency_seconds, base, load, bar)
 
 
 def _phase(bar: Bar, name: str) -> None:
@@ -254,7 +284,11 @@ def _measure(
     n_events: int, seed: int, latency_seconds: float, base: Settings, load: float, bar: Bar
 ) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}"
-    settings = dataclasses.replace(base, topic_prefix=prefix, app_id=prefix)
+    # Each run's RocksDB tables in a directory of their own, removed at the end.
+    data_dir = str(Path(base.run_dir) / prefix)
+    settings = dataclasses.replace(
+        base, topic_prefix=prefix, app_id=prefix, data_dir=data_dir, web_port=free_port()
+    )
     stack = Stack(settings)
     broker_was_up = answers(*broker_address(settings))
     stack.up()
@@ -289,6 +323,7 @@ def _measure(
         _phase(bar, "feedback latency")
         feedback = feedback_latency.measure(settings, last_ms + latency["latency_events"] + 2)
         return {
+            "store": settings.store,
             "events": len(events),
             "tracked_messages": messages,
             "pipeline_eps": round(pipeline, 1),
@@ -305,19 +340,27 @@ def _measure(
             "feedback_p99_ms": feedback.get("p99_ms", -1.0),
             "start_rss_mb": round(start_rss, 1),
             "peak_rss_mb": round(rss_mb, 1),
-            # Growth over the start-up footprint, scaled to a million tracked messages.
-            "rss_mb_per_million_messages": round((rss_mb - start_rss) / messages * 1e6, 1),
+            # Peak growth over the start-up footprint, scaled to a million tracked messages:
+            # buffers and caches that do not grow with the state count in it.
+            "peak_growth_mb_per_million_messages": round((rss_mb - start_rss) / messages * 1e6, 1),
+            "settled_rss_mb": round(measured.settled_rss_mb, 1),
+            # What the tracked state costs: RSS growth from start-up to after the backlog,
+            # once the worker settled, per million tracked messages (warm-up included).
+            "rss_mb_per_million_messages": round(
+                (measured.settled_rss_mb - start_rss) / messages * 1e6, 1
+            ),
         }
     finally:
         if worker is not None:
             worker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
         if not broker_was_up:
             stack.down()
 
 
-def main(n_events: int, seed: int, load: float = 0.5) -> int:
+def main(n_events: int, seed: int, load: float = 0.5, store: str | None = None) -> int:
     if not 0 < load <= 1:
         print("mta-feedback bench: --latency-load must be in (0, 1]", file=sys.stderr)
         return 2
-    print(json.dumps(run(n_events, seed, load=load)))
+    print(json.dumps(run(n_events, seed, load=load, store=store)))
     return 0

@@ -140,6 +140,8 @@ def _check_broker(
 def cmd_stack(args: argparse.Namespace) -> int:
     from streams.tools.stack import Stack, StackError
 
+    # The topic job logs each schema subject it registers and its compatibility level.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stack = Stack(_settings())
     try:
         if args.action == "up":
@@ -238,7 +240,7 @@ def cmd_status(args: argparse.Namespace, store: ViewStore) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams.tools import bench
 
-    return bench.main(args.events, args.seed, args.latency_load)
+    return bench.main(args.events, args.seed, args.latency_load, args.store)
 
 
 @_with_views
@@ -378,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="latency is measured at this share of the measured maximum rate (default 0.5)",
+    )
+    p.add_argument(
+        "--store",
+        choices=("memory://", "rocksdb://"),
+        help="the worker's table store (default: MTA_STORE)",
     )
     p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
     p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         )
     follower = Follower(rules, vmtas)
     try:
-        reader = ThrottleReader(settings, Codec.from_settings(settings.schema_registry_url))
+        reader = ThrottleReader(settings, Codec.from_settings(settings))
     except (LookupError, KafkaException) as exc:
         return _fail(f"cannot read the throttle topic: {exc}", 1)
     try:

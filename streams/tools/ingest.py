@@ -68,7 +68,7 @@ class Ingest:
         self.codec = codec
         self.sink = sink
         self.source = source
-        self.names = {family: settings.topic(family) for family in INPUT_TOPICS}
+        self.names = {family: settings.topic(family) for family in (*INPUT_TOPICS, Topic.DLQ)}
         self.stats = ConvertStats()
         self.sent: Counter[str] = Counter()  # records by topic
         self.dead_letters = 0
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if unreachable:
         err.write(f"mta-feedback ingest: broker unreachable: {unreachable}\n")
         return 1
-    codec = Codec.from_settings(settings.schema_registry_url)
+    codec = Codec.from_settings(settings)
     ingest = Ingest(settings, codec, RecordSink(settings), f"{args.fmt}:{args.file}")
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:

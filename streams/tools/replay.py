@@ -26,12 +26,10 @@ from aiokafka.partitioner import murmur2
 
 from streams.domain.bounce.qualifier import Qualifier, default_qualifier, load_qualifier
 from streams.domain.control.mx_rules import MxRules, load_mx_rules
-from streams.domain.recipient.address_health import AddressState
 from streams.domain.recipient.address_health import view as address_view
-from streams.domain.recipient.message_status import MessageState
 from streams.domain.recipient.message_status import view as message_view
 from streams.pipeline.control import ControlProcessor
-from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
+from streams.pipeline.feedback import FeedbackProcessor, LateEvent, PipelineConfig
 from streams.pipeline.kpi import KpiAggregator
 from streams.pipeline.records import (
     THROTTLE_FIELDS,
@@ -211,14 +209,17 @@ class Replayer:
             except (ValueError, DecodeError) as exc:
                 self.errors.append(f"line {number}: {exc}")
                 continue
-            self.apply(family, event)
+            try:
+                self.apply(family, event)
+            except LateEvent as exc:
+                self.errors.append(f"line {number}: late: {exc}")
 
     def final_state(self) -> Iterator[dict[str, Any]]:
         """The state once all input is in (held signals are taken in first)."""
         self.settle()
         now = self.feedback.clock
-        for mid in sorted(self.messages):
-            state = MessageState.from_dict(self.messages[mid]["s"])
+        for mid, rec in sorted(self.feedback.messages.tracked(), key=lambda item: item[0]):
+            state = rec.state
             v = message_view(state, now)
             yield {
                 "type": "message",
@@ -229,8 +230,8 @@ class Replayer:
                 "failure_reason": v.failure_reason if v.status != "sent" else None,
                 "attempts": v.attempts,
             }
-        for address in sorted(self.addresses):
-            a = address_view(AddressState.from_dict(self.addresses[address]["s"]), now)
+        for address, rec in sorted(self.feedback.addresses.tracked(), key=lambda item: item[0]):
+            a = address_view(rec.state, now)
             yield {
                 "type": "address",
                 "address": address,

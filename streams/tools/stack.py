@@ -2,7 +2,9 @@
 and Redis on this machine, for development, the demo and the tests.
 
 ``up`` is idempotent and ``down`` stops only what ``up`` started (it keeps pid files under the
-run directory). Production uses Apache Kafka; see docker/compose.yml.
+run directory). Production uses Apache Kafka; see docker/compose.yml, whose topic job is
+``stack up``: it creates the topics and, when ``SCHEMA_REGISTRY_URL`` is set, registers each
+topic's schema and sets its subject's compatibility (docs/schemas.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streams.pipeline.topics import TOPICS
-from streams.runtime.config import Settings
+from streams.runtime.config import MASK, Settings, mask_secrets, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,9 @@ class Stack:
         self._broker_up(timeout)
         self._redis_up(timeout)
         self.create_topics(timeout)
+        # A mock:// registry lives inside one process: nothing to prepare for the others.
+        if self.settings.schema_registry_url.partition("://")[0] not in ("", "mock"):
+            self.register_schemas()
         return self.status()
 
     def _broker_up(self, timeout: float) -> None:
@@ -202,6 +207,25 @@ class Stack:
                 ):
                     raise StackError(f"cannot create topic {name}: {exc}") from exc
         return [t.topic for t in wanted]
+
+    def register_schemas(self) -> list[str]:
+        """Register each Avro topic's current schema under ``<topic>-value`` and set the
+        subject's compatibility (BACKWARD for inputs, FORWARD for outputs); one line each."""
+        from streams.runtime.registry import register_topics, registry_client
+
+        url = self.settings.schema_registry_url
+        where = mask_secrets(url)
+        try:
+            done = register_topics(self.settings, registry_client(self.settings))
+        except Exception as exc:  # registry unreachable, refused login, incompatible schema
+            detail = str(exc)
+            for secret in [*url_secrets(url), self.settings.schema_registry_password]:
+                if secret:
+                    detail = detail.replace(secret, MASK)
+            raise StackError(f"schema registry {where}: {detail}") from None
+        for line in done:
+            log.info("schema registry %s: %s", where, line)
+        return done
 
     def down(self, timeout: float = 10.0) -> list[str]:
         """Stop what this stack started; returns the names stopped."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
-from streams.serving.consumer import OutputConsumer
+from streams.serving.consumer import OutputConsumer, fold_latest
 from streams.testing.sample import Event
 
 
@@ -25,10 +25,7 @@ def collect(
     with OutputConsumer(settings, topic) as consumer:
         while time.monotonic() < deadline:
             for record in consumer.records(idle_timeout=1.0, max_wait=2.0):
-                value = record.value
-                key = value[key_field]
-                if key not in latest or value.get("version", 0) >= latest[key].get("version", 0):
-                    latest[key] = value
+                fold_latest(latest, record, key_field)
             if done(latest):
                 break
     return latest

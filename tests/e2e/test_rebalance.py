@@ -11,6 +11,7 @@ idempotent per event, which is what this test relies on and checks.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -55,12 +56,21 @@ def test_the_commit_interval_comes_from_configuration() -> None:
 @pytest.mark.redis
 @pytest.mark.e2e
 @pytest.mark.timeout(1800 if long_run() else 900)
-def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_settings, tmp_path):
-    settings = make_settings()
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_settings, tmp_path, store):
+    settings = make_settings(store=store)
     events = SampleCampaign(recipients=RECIPIENTS, seed=31).events()
     expected = reference(events, settings.partitions)
     assert expected["throttle"], "the sample campaign moves no throttle: nothing compared"
-    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in (1, 2, 3)]
+    # Each worker has tables of its own on disk (RocksDB locks its directories), as
+    # workers on separate machines would.
+    workers = [
+        WorkerProcess(
+            dataclasses.replace(settings, data_dir=str(tmp_path / f"data{i}")),
+            tmp_path / f"w{i}.log",
+        )
+        for i in (1, 2, 3)
+    ]
     w1, w2, w3 = workers
     try:
         w1.start().wait_ready()

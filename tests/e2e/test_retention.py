@@ -1,5 +1,6 @@
-"""End to end: messages leave the tables after their retention, with a changelog tombstone,
-and time-driven changes due in the same tick still happen."""
+"""End to end: messages leave the tables after their retention, with a tombstone on the
+status topic and a marker in the table, which goes (a changelog deletion) one retention
+later; time-driven changes due in the same tick still happen."""
 
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ H = 3_600_000
 
 
 def _tombstones(
-    settings: Settings, table: str, expect: set[str], timeout: float = 60.0
-) -> set[str]:
-    """Keys deleted on a table's changelog topic (records with no value): read until every
-    key of ``expect`` is deleted and then 3 s pass without a record (so that deletions
-    written with them are in too), or until ``timeout``."""
-    topic = f"{settings.app_id}-{table}-changelog"
+    settings: Settings, topic: str, expect: set[str], timeout: float = 60.0
+) -> dict[str, dict[str, bytes]]:
+    """Keys deleted on a topic (records with no value), with their headers: read until
+    every key of ``expect`` is deleted and then 3 s pass without a record (so that
+    deletions written with them are in too), or until ``timeout``."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -36,7 +36,7 @@ def _tombstones(
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
-    deleted: set[str] = set()
+    deleted: dict[str, dict[str, bytes]] = {}
     idle_since = time.monotonic()
     deadline = time.monotonic() + timeout
     try:
@@ -49,7 +49,7 @@ def _tombstones(
                 if msg.error() is None:
                     idle_since = time.monotonic()
                     if msg.value() is None:
-                        deleted.add(msg.key().decode().strip('"'))
+                        deleted[msg.key().decode().strip('"')] = dict(msg.headers() or [])
     finally:
         consumer.close()
     return deleted
@@ -64,7 +64,12 @@ def test_retention_deletes_final_messages_and_expiry_still_fires(make_settings, 
             producer.send("send", event("RET1", "relayed", 0))
             producer.send("send", event("RET1", "delivered", 1000))
             producer.send("send", event("RET2", "relayed", 0, validity_seconds=5400))
-        collect(settings, "status", lambda s: {"RET1", "RET2"} <= set(s), "message_id")
+        before = collect(
+            settings,
+            "status",
+            lambda s: s.get("RET1", {}).get("status") == "sent" and "RET2" in s,
+            "message_id",
+        )
         # One event moves the clock past RET1's retention end (1 h after its last event)
         # and RET2's validity (1.5 h): both are due in the same clock tick.
         with EventProducer(settings) as producer:
@@ -72,17 +77,29 @@ def test_retention_deletes_final_messages_and_expiry_still_fires(make_settings, 
         latest = collect(
             settings,
             "status",
-            lambda s: s.get("RET2", {}).get("status") == "failed",
+            lambda s: s.get("RET2", {}).get("status") == "failed" and "RET1" not in s,
             "message_id",
             timeout=60,
         )
         assert latest["RET2"]["status"] == "failed"
         assert latest["RET2"]["failure_type"] == "soft"
-        assert latest["RET1"]["status"] == "sent"
-        deleted = _tombstones(settings, "messages", {"RET1"})
-        assert "RET1" in deleted  # a restart restores the table without it
-        assert "RET3" not in deleted
-        assert collect_all(settings, "dlq", 1, timeout=5) == []
+        assert "RET1" not in latest  # its tombstone: gone from the compacted topic too
+        deleted = _tombstones(settings, settings.topic("status"), {"RET1"})
+        assert set(deleted) == {"RET1"}
+        assert deleted["RET1"]["version"] == str(before["RET1"]["version"]).encode()
+        assert int(deleted["RET1"]["event_time"]) >= event("X", "k", 2 * H)["event_time"]
+        changelog = f"{settings.app_id}-messages-changelog"
+        assert "RET1" not in _tombstones(settings, changelog, set(), timeout=5)
+        # A late event of RET1, older than its tombstone, is dead-lettered, not reborn.
+        with EventProducer(settings) as producer:
+            producer.send("bounce", event("RET1", "async", 2000, smtp_code=550))
+        [late] = collect_all(settings, "dlq", 1, timeout=30)
+        assert late.value["error_kind"] == "late"
+        # One retention later the marker goes too: a deletion on the changelog, so a
+        # restart restores the table without it.
+        with EventProducer(settings) as producer:
+            producer.send("send", event("RET4", "relayed", 3 * H + 60_000))
+        assert "RET1" in _tombstones(settings, changelog, {"RET1"})
     finally:
         worker.stop()
     assert "Traceback" not in worker.log_text()

@@ -26,9 +26,10 @@ def test_single_object_round_trip_keeps_times_as_ms():
 def test_confluent_wire_format_with_the_mock_registry():
     registry = SchemaRegistryClient.new_client({"url": "mock://test-avro"})
     codec = Codec(registry)
-    data = codec.encode("send", EVENT, subject="mta.send-value")
+    data = codec.encode("send", EVENT, "mta.send")
     assert data[:1] == b"\x00"
     schema_id = struct.unpack(">I", data[1:5])[0]
+    assert registry.get_subjects() == ["mta.send-value"]
     assert codec.decode("send", data)["message_id"] == "M1"
     # A decoder without a registry still reads single-object records, and says why not these.
     with pytest.raises(DecodeError) as err:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
+import platform
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from streams.runtime.gc_tuning import freeze_survivors
+from streams.runtime.gc_tuning import freeze_survivors, trim_heap
 
 
 class _Node:
@@ -37,3 +38,7 @@ def test_a_dropped_cycle_is_collected_before_the_freeze():
     del a, b
     freeze_survivors()
     assert gone() is None
+
+
+def test_the_c_heap_is_trimmed_where_glibc_offers_it():
+    assert trim_heap() is (platform.libc_ver()[0] == "glibc")

@@ -244,3 +244,24 @@ def test_readiness_is_503_with_the_failing_check_named():
         broker=lambda: True, redis=None, assigned=lambda: True, recovered=lambda: True
     )
     assert metrics.readiness_response(asyncio.run(without_redis.report())).status == 200
+
+
+def test_table_keys_and_tombstones_are_exposed():
+    m = WorkerMetrics(
+        WorkerProbes(
+            held_signals=dict,
+            consumer_lag=dict,
+            sink_queue=lambda: 0,
+            sink_errors=lambda: 0,
+            table_keys=lambda: {"messages": 7, "addresses": 5},
+        )
+    )
+    m.stats.output(Output(Topic.STATUS, "mid-1", None))
+    m.stats.output(Output(Topic.ADDRESS, "a@x.org", None))
+    m.stats.output(Output(Topic.ADDRESS, "b@x.org", None))
+    got = samples(m)
+    assert got[("mta_table_keys", (("table", "messages"),))] == 7
+    assert got[("mta_table_keys", (("table", "addresses"),))] == 5
+    assert got[("mta_tombstones_total", (("topic", "status"),))] == 1
+    assert got[("mta_tombstones_total", (("topic", "address"),))] == 2
+    assert ("mta_status_changes_total", (("status", "None"),)) not in got

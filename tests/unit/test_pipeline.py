@@ -10,6 +10,7 @@ from streams.pipeline.control import ControlProcessor
 from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
 from streams.pipeline.kpi import KpiAggregator
 from streams.pipeline.records import Source, signal_output
+from streams.pipeline.table_values import Retired
 
 H = 3_600_000
 
@@ -124,8 +125,11 @@ def test_retention_removes_final_messages_but_keeps_their_counts():
     fp = processor(messages, parts, message_retention_ms=H)
     fp.process("send", ev("M1", "relayed", 0), 0, 1)
     fp.process("send", ev("M1", "delivered", 10), 0, 2)
-    fp.tick(JAN_2026 + 2 * H, 0, 3)
-    assert "M1" not in messages
+    out = fp.tick(JAN_2026 + 2 * H, 0, 3)
+    assert isinstance(fp.messages.get("M1"), Retired) and fp.messages.live("M1") is None
+    assert [(o.topic, o.key, o.value) for o in out if o.topic == "status"] == [
+        ("status", "M1", None)
+    ]
     assert parts["D1|0"]["c"]["sent"] == 1
     assert parts["D1|0"]["r"]["sent"] == 1
     # A restart reconciles to the same counts: the retired contribution is remembered.
@@ -317,6 +321,7 @@ def test_a_record_rewritten_with_the_same_due_time_is_handled_once_when_due():
     fp.process("send", ev("M1", "relayed", 0), 0, 2)
     fp.process("send", ev("M1", "delivered", 1), 0, 3)
     fp.process("bounce", ev("M1", "complaint", 2), 0, 4)  # rewritten, due unchanged
-    fp.tick(JAN_2026 + 100 + H + 1, 0, 5)
-    assert "M1" not in messages
+    out = fp.tick(JAN_2026 + 100 + H + 1, 0, 5)
+    assert [o.key for o in out if o.topic == "status"] == ["M1"]  # one tombstone
+    assert isinstance(fp.messages.get("M1"), Retired)
     assert parts["D1|0"]["c"]["sent"] == 1

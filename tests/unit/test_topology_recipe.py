@@ -80,7 +80,7 @@ def _copy_package(root: Path) -> None:
 
 def _replay(root: Path, script: str = REPLAY) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with the scratch copy's package, not the installed one."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(root), "MTA_SCHEMA_DIR": str(root / "schemas")}
     return subprocess.run(
         [sys.executable, "-c", script, str(root)],
         cwd=root,
