@@ -102,9 +102,15 @@ def table_keys(exposition: str) -> dict[str, int]:
     }
 
 
-def worker_table_keys(port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return table_keys(response.read().decode())
+def worker_table_keys(port: int, last: dict[str, int]) -> dict[str, int]:
+    """The worker's table key counts; ``last`` when it does not answer in time (a worker
+    in a long commit on a loaded machine), so that one late answer does not end the soak."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as response:
+            return table_keys(response.read().decode())
+    except OSError as exc:
+        print(f"soak: worker metrics not read ({exc}); last counts kept", file=sys.stderr)
+        return last
 
 
 def markers(views: redis.Redis, prefix: str) -> int:
@@ -228,6 +234,7 @@ def run(
         started = time.monotonic()
         next_sample = started
         sent = 0
+        tables: dict[str, int] = {}
         with EventProducer(settings) as producer:
             while (now := time.monotonic()) - started < duration:
                 due = int((now - started) * rate)
@@ -235,7 +242,7 @@ def run(
                     producer.send(*next(events))
                     sent += 1
                 if now >= next_sample:
-                    tables = worker_table_keys(port)
+                    tables = worker_table_keys(port, tables)
                     redis_keys = views.dbsize()
                     gone = markers(views, prefix)
                     sample = {

@@ -3,9 +3,12 @@
     python benchmarks/state_size.py --store rocksdb:// --messages 2000000
     python benchmarks/state_size.py --store memory:// --messages 300000
 
-Produces one ``relayed`` send event per message (and a soft deferral, with a rate-limit
-reply, for one message in ten), each to a recipient of its own, so every message adds a
-message and an address to the tables; then one worker drains them. Each time the
+Produces one ``relayed`` send event per message (and, with ``--deferrals``, a soft
+deferral for that share of the messages), each to a recipient of its own, so every message
+adds a message and an address to the tables; then one worker drains them. A deferral is a
+reputation signal: drained from a backlog, partitions move at different paces and the
+control step holds signals until the slowest one catches up (tens of thousands here),
+which measures the backlog rather than the state; so the default is none. Each time the
 messages table (its ``mta_table_keys`` gauge) passes a mark, a JSON line gives the
 worker's RSS. The summary gives the RSS at the last mark over the first (RocksDB's
 target: flat within 20%), the RSS growth per million tracked messages between them and,
@@ -41,7 +44,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _produce(settings: Settings, messages: int) -> int:
+def _produce(settings: Settings, messages: int, deferrals: float) -> int:
     start = int(time.time() * 1000) - 86_400_000
     sent = 0
     with EventProducer(settings) as producer:
@@ -55,7 +58,7 @@ def _produce(settings: Settings, messages: int) -> int:
             }
             producer.send("send", {**base, "event_id": f"s{i}", "kind": "relayed"})
             sent += 1
-            if i % 10 == 0:
+            if deferrals and i % round(1 / deferrals) == 0:
                 retry = {**base, "event_id": f"r{i}", "event_time": t + 5, "kind": "deferred"}
                 producer.send("retry", {**retry, "smtp_code": 421, "diagnostic": REPLY})
                 sent += 1
@@ -80,7 +83,7 @@ def _compact(data_dir: Path) -> int:
     return len(dbs)
 
 
-def run(store: str, messages: int, marks: list[int]) -> dict[str, Any]:
+def run(store: str, messages: int, marks: list[int], deferrals: float) -> dict[str, Any]:
     base = Settings.from_env()
     prefix = f"state{int(time.time())}"
     data_dir = Path(base.run_dir) / prefix
@@ -93,7 +96,7 @@ def run(store: str, messages: int, marks: list[int]) -> dict[str, Any]:
         web_port=free_port(),
     )
     Stack(settings).up()
-    total = _produce(settings, messages)
+    total = _produce(settings, messages, deferrals)
     print(f"produced {total} events for {messages} messages", file=sys.stderr)
     worker = WorkerProcess(settings, Path(base.run_dir) / f"{prefix}-worker.log", views=False)
     points: list[dict[str, Any]] = []
@@ -131,6 +134,7 @@ def run(store: str, messages: int, marks: list[int]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "store": store,
         "messages": messages,
+        "deferrals": deferrals,
         "rss_first_mb": first["rss_mb"],
         "rss_last_mb": last["rss_mb"],
         "rss_last_over_first": round(last["rss_mb"] / first["rss_mb"], 3),
@@ -157,6 +161,9 @@ def main() -> int:
     parser.add_argument("--store", choices=("memory://", "rocksdb://"), default="rocksdb://")
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument(
+        "--deferrals", type=float, default=0.0, help="share of messages deferred once (0-1)"
+    )
+    parser.add_argument(
         "--marks",
         default="",
         help="comma-separated tracked-message counts to sample at (default: 5%%, 25%%, "
@@ -165,13 +172,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.messages < 20:
         parser.error("--messages must be at least 20")
+    if not 0 <= args.deferrals <= 1:
+        parser.error("--deferrals must be between 0 and 1")
     marks = [int(m) for m in args.marks.split(",") if m] or [
         args.messages // 20,
         args.messages // 4,
         args.messages // 2,
         args.messages * 95 // 100,
     ]
-    print(json.dumps(run(args.store, args.messages, marks)))
+    print(json.dumps(run(args.store, args.messages, marks, args.deferrals)))
     return 0
 
 

@@ -33,7 +33,7 @@ from streams.runtime.config import Settings
 
 # The TTL backstop fires this long after the workers would have retired the key themselves.
 TTL_MARGIN_S = 86_400
-MARKER_TTL_S = 86_400
+MARKER_TTL_S = 3_600
 
 # The kinds whose keys retire (a tombstone on their topic); the others never do.
 TOMBSTONE_KINDS = ("msg", "addr")
@@ -76,10 +76,11 @@ def _header_int(raw: bytes | None) -> int | None:
 @dataclass(frozen=True, slots=True)
 class Expiry:
     """The TTLs (s) of the backstop (final messages, valid addresses) and of the tombstone
-    markers. A marker only has to outlast the records a reader may see again after its
-    tombstone (an updater replaying a batch, a rebuild reading the topic while Kafka still
-    keeps the tombstone: ``delete.retention.ms``, a day by default): a day, as the
-    pipeline itself refuses late events (streams/pipeline/feedback.py)."""
+    markers. A marker only has to outlast the records a reader may apply again after the
+    tombstone (an updater that replays a batch after a crash or a rebalance: minutes; a
+    rebuild reads the tombstone itself after them): an hour, as the pipeline itself
+    refuses late events (streams/pipeline/feedback.py). Markers then cost Redis about an
+    hour's worth of retirements."""
 
     message_s: int
     address_s: int

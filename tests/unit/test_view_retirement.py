@@ -39,7 +39,7 @@ def test_the_ttl_is_the_retention_plus_the_margin_for_final_records_only() -> No
     settings = dataclasses.replace(Settings(), message_retention_s=100, address_retention_s=200)
     expiry = Expiry.from_settings(settings)
     assert expiry == Expiry(100 + TTL_MARGIN_S, 200 + TTL_MARGIN_S, MARKER_TTL_S)
-    assert TTL_MARGIN_S == MARKER_TTL_S == 86_400
+    assert TTL_MARGIN_S == 86_400 and MARKER_TTL_S == 3_600
     ttl = expiry.ttl_s
     assert [ttl("msg", {"status": s}) for s in ("taken_into_account", "sent", "failed")] == [
         None,
