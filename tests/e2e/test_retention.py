@@ -43,7 +43,7 @@ def _tombstones(
         # A quiet spell alone is no end: the first fetch, or the worker's changelog write,
         # may take longer than that on a slow machine.
         while time.monotonic() < deadline and not (
-            expect <= deleted and time.monotonic() - idle_since >= 3.0
+            expect <= deleted.keys() and time.monotonic() - idle_since >= 3.0
         ):
             for msg in consumer.consume(500, timeout=0.5):
                 if msg.error() is None:
