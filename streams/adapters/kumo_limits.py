@@ -46,7 +46,8 @@ class Cap:
 
 def _number(text: str, where: str) -> int:
     digits = text.replace(",", "").replace("_", "").strip()
-    if not digits.isdigit():
+    # ASCII only: str.isdigit() also accepts "¹" or "٣", which int() refuses or reads.
+    if not (digits.isascii() and digits.isdigit()):
         raise KumoShapingError(f"{where}: invalid number {text!r}")
     return int(digits)
 

@@ -202,3 +202,9 @@ def test_any_value_is_read_or_refused_with_a_clear_error(table, header):
         return
     for cap in op.caps("gmail.com", "google", "s", rollup=True).values():
         assert cap is None or cap.size >= 0
+
+
+@pytest.mark.parametrize("text", ["¹", "٣", "²/h", "1٣/m"])
+def test_digits_other_than_ascii_are_refused_as_numbers(text):
+    with pytest.raises(KumoShapingError, match="invalid number"):
+        parse_limit(text, "x") if "/" not in text else parse_rate(text, "x")
