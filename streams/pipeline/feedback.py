@@ -17,9 +17,9 @@ its retention, an idle valid address) gets a tombstone on its output topic, so t
 compacted topics and the views forget it too, and leaves a small ``Retired`` marker in its
 table for one more retention period. A late event must not bring a retired key back:
 
-- an event of a retired message older than its tombstone is refused as ``late`` (the
-  worker dead-letters it); one newer than it is news, and the message carries on from the
-  version it had;
+- every event of a retired message is refused as ``late`` while its marker stands (the
+  worker dead-letters it): the message's history is gone and its counts are closed, so
+  taking the event in would start it over and count it twice in the delivery indicators;
 - once the marker is gone too, an event of an unknown message more than the retention
   behind the clock is refused the same way (it is older than any tombstone still unknown);
 - an event older than its retired address's tombstone leaves the address alone (its
@@ -199,15 +199,15 @@ class FeedbackProcessor:
         does it move the clock, which follows the MTAs' events: an action stamped by a
         wall clock ahead of a feed that runs behind would otherwise expire messages."""
         operator = family == Topic.OPERATOR
+        found = None if operator else self._message_or_late(event)
         if not operator:
-            self._refuse_late(event)
             self.clock = max(self.clock, event["event_time"])
         q = None if operator else qualify_event(self.qualifier, family, event)
         out: list[Output] = []
         if partition not in self._kpi_checked:
             self._reconcile_kpis(partition, out)
         if not operator:
-            self._message(family, event, q, partition, offset, out)
+            self._message(found, event, q, partition, offset, family, out)
         self._address(family, event, q, partition, offset, out)
         if self.signal_fn is not None and not operator:
             source = source or Source(f"{family}:{partition}", offset)
@@ -216,18 +216,21 @@ class FeedbackProcessor:
                 out.append(signal)
         return out
 
-    def _refuse_late(self, event: dict[str, Any]) -> None:
-        """Raise LateEvent for an event that would bring a retired message back."""
+    def _message_or_late(self, event: dict[str, Any]) -> MessageRecord | None:
+        """The event's tracked message (None when new); LateEvent for one that would bring
+        a retired message back. The one read of the message per event."""
         t, mid = event["event_time"], event["message_id"]
-        retired = self.messages.retired(mid)
-        if retired is not None and t < retired.retired_at:
-            raise LateEvent(f"event {retired.retired_at - t} ms older than its message's tombstone")
-        too_old = t <= self.clock - self.config.message_retention_ms
-        if retired is None and too_old and mid not in self.messages:
+        found = self.messages.get(mid)
+        if isinstance(found, Retired):
+            ago = found.retired_at - t
+            when = f"{ago} ms older than" if ago > 0 else f"{-ago} ms after"
+            raise LateEvent(f"event {when} its message's tombstone (the message is retired)")
+        if found is None and t <= self.clock - self.config.message_retention_ms:
             raise LateEvent(
                 f"event {self.clock - t} ms behind the clock, for a message no longer "
                 "tracked (more than the message retention)"
             )
+        return found
 
     def _retire(
         self,
@@ -262,22 +265,18 @@ class FeedbackProcessor:
 
     def _message(
         self,
-        family: str,
+        rec: MessageRecord | None,
         event: dict[str, Any],
         q: Qualification | None,
         partition: int,
         offset: int,
+        family: str,
         out: list[Output],
     ) -> None:
-        mid = event["message_id"]
-        found = self.messages.get(mid)
-        # Not late (``_refuse_late``): a retired message is reborn.
-        rec = found if isinstance(found, Tracked) else None
-        reborn_from = found.version if isinstance(found, Retired) else 0
         old_state = rec.state if rec else None
         state = message_status.apply(old_state, family, event, q, self.config.validity)
         self._publish_message(
-            mid, rec, state, state != old_state, partition, offset, family, out, reborn_from
+            event["message_id"], rec, state, state != old_state, partition, offset, family, out
         )
 
     def _message_time(
@@ -313,7 +312,6 @@ class FeedbackProcessor:
         offset: int,
         family: str,
         out: list[Output],
-        reborn_from: int = 0,
     ) -> None:
         view = message_status.view(state, self.clock)
         old_view = rec.view if rec else None
@@ -334,7 +332,6 @@ class FeedbackProcessor:
                 partition,
                 offset,
                 family,
-                reborn_from,
             )
             if changed:
                 out.append(status_record(mid, state.delivery_id, view, version, self.clock))

@@ -15,8 +15,8 @@ Format history (a reader accepts every one of them):
   ``[version, src, state, view]``;
 - 2, a retired key: the same header (2, partition, when the marker itself goes), then
   msgpack ``[version, retired_at]``: the last version published and when the tombstone
-  was written, so that an event older than the tombstone is refused and a key reborn
-  after it carries on from the version it had.
+  was written: a message's events are refused while it stands, an address reborn after
+  its tombstone carries on from the version it had.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from streams.domain.recipient.message_status import ErrorFact, MessageState, Mes
 
 FORMAT = 1
 RETIRED_FORMAT = 2
-_RETIRED_BYTE = bytes([RETIRED_FORMAT])
 _HEADER = struct.Struct("<BHq")
 NO_DUE = -(2**63)
 S = TypeVar("S")
@@ -322,14 +321,6 @@ class RecordStore(MutableMapping[str, Tracked[S, V] | Retired]):
 
     def __len__(self) -> int:
         return len(self.raw)
-
-    def retired(self, key: str) -> Retired | None:
-        """The key's marker when it is retired (its tracked record is not decoded)."""
-        raw = self.raw.get(key)
-        if isinstance(raw, bytes) and raw[:1] == _RETIRED_BYTE:
-            found = self.codec.decode(key, raw)
-            return found if isinstance(found, Retired) else None
-        return None
 
     def live(self, key: str) -> Tracked[S, V] | None:
         """The key's record, None when it is absent or retired."""
