@@ -34,21 +34,19 @@ import re
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from streams.pipeline.topics import INPUT_TOPICS
 from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 from streams.testing.sample import Event, SampleCampaign
 from streams.testing.services import RedisServer, free_port
-from streams.testing.worker import WorkerProcess
+from streams.testing.worker import WorkerProcess, worker_table_keys
 from streams.tools.stack import Stack
 
 
@@ -92,22 +90,11 @@ RETIRING_TABLES = ("messages", "addresses")
 PLATEAU_TOLERANCE_PCT = 10.0
 
 
-def table_keys(exposition: str) -> dict[str, int]:
-    """Keys per table from the worker's /metrics text (``mta_table_keys{table=...}``)."""
-    return {
-        sample.labels["table"]: int(sample.value)
-        for family in text_string_to_metric_families(exposition)
-        if family.name == "mta_table_keys"
-        for sample in family.samples
-    }
-
-
-def worker_table_keys(port: int, last: dict[str, int]) -> dict[str, int]:
+def table_keys_or(port: int, last: dict[str, int]) -> dict[str, int]:
     """The worker's table key counts; ``last`` when it does not answer in time (a worker
     in a long commit on a loaded machine), so that one late answer does not end the soak."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as response:
-            return table_keys(response.read().decode())
+        return worker_table_keys(port, timeout=15)
     except OSError as exc:
         print(f"soak: worker metrics not read ({exc}); last counts kept", file=sys.stderr)
         return last
@@ -242,7 +229,7 @@ def run(
                     producer.send(*next(events))
                     sent += 1
                 if now >= next_sample:
-                    tables = worker_table_keys(port, tables)
+                    tables = table_keys_or(port, tables)
                     redis_keys = views.dbsize()
                     gone = markers(views, prefix)
                     sample = {

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.pipeline.topics import INPUT_TOPICS
 from streams.runtime.config import Settings
@@ -27,6 +29,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = values[f.name]
         env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def table_keys(exposition: str) -> dict[str, int]:
+    """Keys per table from a worker's /metrics text (``mta_table_keys{table=...}``)."""
+    return {
+        sample.labels["table"]: int(sample.value)
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "mta_table_keys"
+        for sample in family.samples
+    }
+
+
+def worker_table_keys(port: int, timeout: float = 30.0) -> dict[str, int]:
+    """The key counts of the worker whose /metrics answers on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
+        return table_keys(reply.read().decode())
 
 
 def committed_input(settings: Settings) -> int:

@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -146,15 +145,6 @@ class _Run(NamedTuple):
     worker: WorkerProcess
     # RSS (MB) once the backlog is done and the worker has settled (the pipeline's).
     settled_rss_mb: float = 0.0
-
-
-def table_keys(port: int, table: str = "messages", timeout: float = 30.0) -> int:
-    """The worker's ``mta_table_keys`` gauge for ``table``, from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(f'mta_table_keys{{table="{table}"}}'):
-                return int(float(line.rpartition(" ")[2]))
-    return 0
 
 
 def _pipeline(settings: Settings, total: int, log: Path, module: str | None = None) -> _Run:

@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from streams.testing.worker import table_keys
+
 EXPOSITION = """\
 # HELP mta_table_keys Keys in each table of this worker
 # TYPE mta_table_keys gauge
@@ -30,9 +32,9 @@ def soak() -> ModuleType:
     return module
 
 
-def test_table_keys_are_read_per_table(soak: ModuleType) -> None:
-    assert soak.table_keys(EXPOSITION) == {"addresses": 1200, "messages": 34567}
-    assert soak.table_keys("") == {}
+def test_table_keys_are_read_per_table() -> None:
+    assert table_keys(EXPOSITION) == {"addresses": 1200, "messages": 34567}
+    assert table_keys("") == {}
 
 
 def test_the_port_the_worker_logged_wins(soak: ModuleType) -> None:
