@@ -39,7 +39,10 @@ class Released(NamedTuple):
     failed: list[tuple[Any, Exception]]
 
 
-_Held = tuple[Signal, Source, Any]
+# What the sequencer holds per signal: its record and token, or only the token when the
+# caller can read the record again from it (``reload``): a backlog can hold many thousands
+# of signals, and the worker's input records hold them already.
+_Held = tuple[dict[str, Any] | None, Any]
 
 
 class _PartitionControl:
@@ -58,8 +61,9 @@ class ControlProcessor:
     them (``claim``) and releases them, with the controller's ticks, in one order that
     depends on the input alone; so a restarted or rebalanced worker, and ``replay``, take
     the same decisions. ``add`` holds a signal with a token (the worker's input record,
-    left unacknowledged while held); ``release`` returns the outputs and the tokens of the
-    signals taken in.
+    left unacknowledged while held; ``reload`` reads the signal record again from it, so
+    that a held signal costs no memory beyond its token); ``release`` returns the outputs
+    and the tokens of the signals taken in.
 
     The book, controller and sequencer of a partition are rebuilt from the ``windows``,
     ``settings`` and ``sequences`` tables the first time the partition is seen after a
@@ -79,8 +83,10 @@ class ControlProcessor:
         streams: list[str],
         sequences: Store | None = None,
         tick_ms: int = CONTROL_TICK_MS,
+        reload: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
         self.windows = windows
+        self._reload = reload
         self.settings = settings
         self.sequences: Store = {} if sequences is None else sequences
         self.rules = rules
@@ -116,12 +122,12 @@ class ControlProcessor:
 
     def add(self, record: dict[str, Any], partition: int, token: Any = None) -> bool:
         """Hold a signal record; False when it was taken in or held already (acknowledge
-        its token now). A malformed record raises here, before it is held."""
-        signal, source = signal_from_dict(record), Source.of(record)
+        its token now). A record without a source or a time raises here, before it is
+        held; any other flaw fails its step on release."""
+        source, time_ms = Source.of(record), int(record["t"])
+        held = (None if self._reload is not None and token is not None else record, token)
         # Holding changes nothing the sequencer stores (claims, last released, last tick).
-        return self._part(partition).sequencer.add(
-            source.stream, source.offset, signal.time_ms, (signal, source, token)
-        )
+        return self._part(partition).sequencer.add(source.stream, source.offset, time_ms, held)
 
     def claim(self, partition: int, claims: dict[str, int]) -> None:
         """Progress of input streams: nothing below each time will come from them."""
@@ -141,8 +147,12 @@ class ControlProcessor:
             if kind == "tick" or item is None:
                 done.outputs.extend(self._tick(part, partition, time_ms))
                 continue
-            signal, source, token = item
+            record, token = item
             try:
+                if record is None:
+                    assert self._reload is not None
+                    record = self._reload(token)
+                signal, source = signal_from_dict(record), Source.of(record)
                 done.outputs.extend(self._take(part, signal, partition, source))
             except Exception as exc:  # a bug in one signal's step must not stop the others
                 done.failed.append((token, exc))

@@ -169,6 +169,7 @@ def build_app(settings: Settings) -> Components:
             rules,
             input_streams(settings.partitions),
             table("sequences"),
+            reload=lambda event: orjson.loads(event.message.value),
         ),
         metrics=metrics,
     )

@@ -1,5 +1,6 @@
 """The pipeline steps over dict state: redelivery, time, KPI reconciliation, retention."""
 
+import orjson
 import pytest
 from factories import JAN_2026
 from factories import event as ev
@@ -269,13 +270,42 @@ def test_a_crash_between_the_states_and_the_sequencer_loses_no_signal():
     assert {k: v["s"] for k, v in settings.items()} == {k: v["s"] for k, v in once.settings.items()}
 
 
-def test_a_malformed_signal_is_refused_before_it_is_held():
+def test_a_signal_without_source_or_time_is_refused_before_it_is_held():
     rules, signals = _gmail_signals(1)
     control = _control(rules)
-    bad = {k: v for k, v in signals[0].items() if k != "domain"}
-    with pytest.raises(KeyError, match="domain"):
-        control.add(bad, 0)
+    for field in ("src", "t"):
+        bad = {k: v for k, v in signals[0].items() if k != field}
+        with pytest.raises(KeyError, match=field):
+            control.add(bad, 0)
     assert control.waiting() == {}
+
+
+def test_a_signal_that_fails_on_release_is_reported_with_its_token_and_the_rest_go_on():
+    rules, signals = _gmail_signals(3)
+    control = _control(rules)
+    bad = {k: v for k, v in signals[1].items() if k != "domain"}
+    for i, record in enumerate([signals[0], bad, signals[2]]):
+        control.add(record, 0, token=i)
+    released = control.release(0, until=END)
+    assert released.tokens == [0, 2]
+    assert [(token, type(exc)) for token, exc in released.failed] == [(1, KeyError)]
+
+
+def test_held_by_token_alone_the_control_step_decides_the_same():
+    """The worker's control step holds only each signal's input record (``reload`` reads
+    the signal from it again): the outputs equal those of one holding the records."""
+    rules, signals = _gmail_signals(8)
+    raw = [orjson.dumps(record) for record in signals]
+    by_token = ControlProcessor({}, {}, rules, STREAMS, reload=orjson.loads)
+    held = _control(rules)
+    for i, record in enumerate(signals):
+        by_token.add(record, 0, token=raw[i])
+        held.add(record, 0)
+    stored = [item for _eff, _rank, _s, _o, item in by_token._part(0).sequencer._held]
+    assert {record for record, _token in stored} == {None}
+    out = by_token.release(0, until=END)
+    assert out.tokens == raw and out.failed == []
+    assert out.outputs == held.release(0, until=END).outputs
 
 
 def test_a_signal_emitted_again_by_a_reprocessed_input_counts_once():
