@@ -51,6 +51,7 @@ from streams.runtime.metrics import (
     serve_endpoint,
 )
 from streams.runtime.progress import InputProgress, TailProbe
+from streams.runtime.rocksdb_memory import SharedBudget, share_budget
 from streams.runtime.sink import RecordSink
 from streams.runtime.validate import validate_event
 
@@ -123,6 +124,11 @@ def build_app(settings: Settings) -> Components:
     sink = RecordSink(settings)
     tables: list[faust.Table] = []
     rocksdb = settings.store.startswith("rocksdb")
+    budget = (
+        SharedBudget(settings.rocksdb_cache_mb << 20, settings.rocksdb_write_buffer_mb << 20)
+        if rocksdb
+        else None
+    )
 
     def table(name: str, encoded: bool = False) -> faust.Table:
         # ``encoded``: the step stores compact bytes (streams/pipeline/table_values.py).
@@ -133,6 +139,8 @@ def build_app(settings: Settings) -> Components:
             value_type=bytes if encoded else None,  # bytes: Faust's "raw" serializer
             options=settings.rocksdb_options() if rocksdb else None,
         )
+        if budget is not None:
+            share_budget(created, budget, settings.rocksdb_options())
         changelog_via(sink, created)
         tables.append(created)
         return created

@@ -155,15 +155,16 @@ class Settings:
     data_dir: str = _var("MTA_DATA_DIR", ".run/data", doc="Worker data dir (RocksDB tables)")
     rocksdb_cache_mb: int = _var(
         "MTA_ROCKSDB_CACHE_MB",
-        8,
-        _int(1, 65536),
-        "RocksDB block cache per table partition (the worker's RSS with RocksDB grows to it)",
+        64,
+        _int(8, 65536),
+        "RocksDB memory of the whole worker: one block cache for every table partition, "
+        "memtables, index and filter blocks included",
     )
     rocksdb_write_buffer_mb: int = _var(
         "MTA_ROCKSDB_WRITE_BUFFER_MB",
         4,
         _int(1, 4096),
-        "RocksDB memtable size per table partition (two of them at most)",
+        "RocksDB memtable size per table partition (within the worker's cache budget)",
     )
     run_dir: str = _var("MTA_RUN_DIR", ".run", doc="Embedded stack pid and log files")
     session_timeout_s: float = _var(
@@ -327,15 +328,12 @@ class Settings:
             )
 
     def rocksdb_options(self) -> dict[str, int]:
-        """Faust's RocksDB options per table partition: small, bounded memory. Faust's own
-        defaults (2 GB of block cache and three 64 MB memtables per table partition) let
-        a worker's RSS grow with its state."""
-        mb = 1 << 20
+        """Faust's RocksDB options per table partition. The block cache is the worker's
+        (streams/runtime/rocksdb_memory.py): Faust's own defaults, 2 GB of block cache and
+        three 64 MB memtables per table partition, let a worker's RSS grow with its state."""
         return {
-            "write_buffer_size": self.rocksdb_write_buffer_mb * mb,
+            "write_buffer_size": self.rocksdb_write_buffer_mb << 20,
             "max_write_buffer_number": 2,
-            "block_cache_size": self.rocksdb_cache_mb * mb,
-            "block_cache_compressed_size": self.rocksdb_cache_mb * mb,
         }
 
     def pipeline_config(self) -> PipelineConfig:
