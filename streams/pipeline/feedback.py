@@ -133,6 +133,7 @@ class FeedbackProcessor:
         self._message_due = DueIndex(self.messages)
         self._address_due = DueIndex(self.addresses)
         # Partition → KPI sums recomputed from the messages table, not yet reconciled.
+        self.epoch = 0  # see reset_indexes
         self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
         self._kpi_checked: set[int] = set()
         # Partition → delivery id → (counts change, retired change) not yet in kpi_parts.
@@ -140,8 +141,11 @@ class FeedbackProcessor:
         # loses only these, and the reconciliation after the restart redoes them.
         self._kpi_pending: dict[int, dict[str, tuple[KpiCounts, KpiCounts]]] = {}
 
-    def reset_indexes(self) -> None:
-        """Call after a rebalance: due indexes and KPI checks are redone lazily."""
+    def reset_indexes(self, epoch: int = 0) -> None:
+        """Call after a rebalance: due indexes and KPI checks are redone lazily. ``epoch``
+        is a number larger than any version this partition's KPI partials could have had
+        before (the worker gives the wall clock in microseconds): see ``_reconcile_kpis``."""
+        self.epoch = epoch
         self._message_due.reset()
         self._address_due.reset()
         self._kpi_truth = None
@@ -159,7 +163,9 @@ class FeedbackProcessor:
         would leave the partial off for good, since the redelivered event then changes no
         message. So the first time a partition is seen after a start or a rebalance, its
         partials are recomputed from the messages (the authority) plus the retired counts of
-        messages that left the table, and corrected where they differ.
+        messages that left the table, and published again, each at a version of at least
+        ``epoch``: a crash can also lose a partial's own changelog write after its record
+        went out, and its next version would then be one the aggregator already has.
         """
         if self._kpi_truth is None:
             self._kpi_truth = {}
@@ -179,8 +185,9 @@ class FeedbackProcessor:
             rec = self.kpi_parts.get(key)
             retired = KpiCounts.from_dict(rec["r"]) if rec else KpiCounts()
             want = (truth.get(delivery_id, KpiCounts()) + retired).to_dict()
-            if rec is None or rec["c"] != want:
-                new_rec = {"c": want, "r": retired.to_dict(), "v": rec["v"] + 1 if rec else 1}
+            if rec is None or rec["c"] != want or rec["v"] < self.epoch:
+                version = max(rec["v"] + 1 if rec else 1, self.epoch)
+                new_rec = {"c": want, "r": retired.to_dict(), "v": version}
                 self.kpi_parts[key] = new_rec
                 out.append(kpi_part_record(delivery_id, partition, new_rec))
 
@@ -381,7 +388,7 @@ class FeedbackProcessor:
             retired = KpiCounts.from_dict(rec["r"]) + r if rec else r
             # Retiring messages moves counts, it does not change them: same version, unsent.
             publish = c != _ZERO or rec is None
-            version = 1 if rec is None else rec["v"] + 1 if publish else rec["v"]
+            version = max(1, self.epoch) if rec is None else rec["v"] + 1 if publish else rec["v"]
             new_rec = {"c": counts.to_dict(), "r": retired.to_dict(), "v": version}
             self.kpi_parts[key] = new_rec
             if publish:

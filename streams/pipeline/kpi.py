@@ -14,10 +14,20 @@ class KpiAggregator:
 
     Each partial carries its partition's full counts and a version, so applying one is
     idempotent and order-tolerant: the newest version per partition wins.
+
+    Consumers keep the highest version of a delivery's record. A crash can lose the
+    table write of a record that went out, and the next record would then repeat its
+    version; so after a start or a rebalance (``begin``) each delivery's next version is
+    at least ``epoch``, a number larger than any version it had before.
     """
 
     def __init__(self, sums: Store) -> None:
         self.sums = sums
+        self.epoch = 0
+
+    def begin(self, epoch: int) -> None:
+        """Call after a rebalance, with the worker's wall clock in microseconds."""
+        self.epoch = epoch
 
     def process(self, part: dict[str, Any], now_ms: int, offset: int) -> list[Output]:
         delivery_id = part["delivery_id"]
@@ -29,7 +39,8 @@ class KpiAggregator:
                 return [self._record(delivery_id, rec, now_ms)]
             return []
         parts[pkey] = [part["v"], part["c"]]
-        new_rec = {"parts": parts, "v": rec["v"] + 1 if rec else 1, "src": offset}
+        version = max(rec["v"] + 1 if rec else 1, self.epoch)
+        new_rec = {"parts": parts, "v": version, "src": offset}
         self.sums[delivery_id] = new_rec
         return [self._record(delivery_id, new_rec, now_ms)]
 

@@ -372,7 +372,10 @@ def build_app(settings: Settings) -> Components:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
-        parts.feedback.reset_indexes()
+        # KPI versions from here on beat any that an earlier owner published.
+        epoch = time.time_ns() // 1000
+        parts.feedback.reset_indexes(epoch)
+        parts.kpi.begin(epoch)
         parts.control.reset()
         progress.reset()
         acks.reset()

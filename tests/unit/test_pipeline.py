@@ -121,6 +121,39 @@ def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
     assert parts["D1|0"]["c"]["to_deliver"] == 3
 
 
+@pytest.mark.parametrize("lost", ["changelog", "output"])
+def test_after_a_crash_the_kpi_reaches_the_truth_whichever_write_was_lost(lost):
+    """A partial's table write and its record go out separately: a crash can lose either.
+    Lost table write: the next version would repeat one the aggregator has; lost record:
+    the table agrees with the messages and nothing would be sent. Either way the restarted
+    worker's partials, at versions from its epoch, bring the aggregator to the truth."""
+    messages, parts, sums = {}, {}, {}
+    fp, agg = processor(messages, parts), KpiAggregator(sums)
+
+    def feed(out):
+        kpi = []
+        for o in out:
+            if o.topic == "kpi-part":
+                kpi += agg.process(o.value, JAN_2026, len(kpi))
+        return kpi
+
+    fp.process("send", ev("M1", "relayed", 0), 0, 1)
+    feed(fp.flush_kpis(0))
+    before = dict(parts["D1|0"])
+    fp.process("send", ev("M2", "relayed", 5), 0, 2)
+    out = fp.flush_kpis(0)
+    if lost == "changelog":
+        feed(out)  # the record went out...
+        parts["D1|0"] = before  # ...its table write did not
+    # else the table write stayed and the record never reached the aggregator
+    restarted = processor(messages, parts)
+    restarted.reset_indexes(epoch=1_000_000)
+    agg.begin(1_000_000)
+    kpi = feed(restarted.tick(JAN_2026 + 10, 0, 3))
+    assert kpi and kpi[-1].value["to_deliver"] == 2
+    assert kpi[-1].value["version"] >= 1_000_000
+
+
 def test_retention_removes_final_messages_but_keeps_their_counts():
     messages, parts = {}, {}
     fp = processor(messages, parts, message_retention_ms=H)
