@@ -422,6 +422,12 @@ OUTSIDE_VARS: frozenset[str] = frozenset(
         "MTA_FAUST_PATCH_CHECK",
         "MTA_CORPORA_DIR",
         "MTA_FUZZ_EXAMPLES",
+        # sink-postgres (streams/serving/pg_config.py)
+        "MTA_POSTGRES_DSN",
+        "MTA_POSTGRES_GROUP",
+        "MTA_POSTGRES_BATCH_ROWS",
+        "MTA_POSTGRES_BATCH_WAIT_MS",
+        "MTA_POSTGRES_RETRY_MAX_S",
     }
 )
 KNOWN_VARS: frozenset[str] = ENV_VARS | OUTSIDE_VARS

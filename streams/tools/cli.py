@@ -401,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
             "streams.tools.follow_throttle",
             "turn throttle changes into an MTA's own control (PowerMTA, JSON lines)",
         ),
+        (
+            "sink-postgres",
+            "streams.tools.sink_postgres",
+            "keep delivery log, addresses and indicators current in PostgreSQL",
+        ),
     ):
         tool = importlib.import_module(module)
         p = add(name, tool.run, text)

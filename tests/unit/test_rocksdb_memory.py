@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("rocksdict")
 
-from streams.runtime.rocksdb_memory import SharedBudget, SharedOptions  # noqa: E402
+from streams.runtime.rocksdb_memory import SharedBudget, SharedOptions
 
 MB = 1 << 20
 
