@@ -185,7 +185,7 @@ def build_app(settings: Settings) -> Components:
     signal_topic = settings.topic(Topic.SIGNAL)
     topic_names = {spec.name: settings.topic(spec.name) for spec in TOPICS}
     progress = InputProgress(
-        {settings.topic(name): name for name in INPUT_TOPICS}, settings.commit_interval_s
+        {settings.topic(name): name for name in INPUT_TOPICS}, settings.idle_after_ms / 1000
     )
     tail_probe = TailProbe(settings)
     acks = InOrderAcks()
@@ -353,7 +353,7 @@ def build_app(settings: Settings) -> Components:
             for partition in range(settings.partitions):
                 sink.produce(topic_names[Topic.CLOCK], None, value, partition)
 
-    @app.timer(settings.commit_interval_s)
+    @app.timer(settings.progress_interval_ms / 1000)
     async def claim() -> None:
         # After the signals of the inputs it covers (one producer, ordered per partition).
         try:

@@ -4,6 +4,7 @@ the broker whether a partition really has nothing left to read."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,8 +20,10 @@ class InputProgress:
     A stream's claim is the largest event time processed from it (a stream's times are
     assumed not to go backwards). A stream is *idle* when nothing is left to read in it
     and nothing of it was processed for ``idle_s``; it then claims the worker's clock as
-    it was ``idle_s`` ago, plus 1 ms (assuming the producers write in event-time order),
-    so that an idle partition does not hold every decision back. "Nothing left" is not
+    it was ``idle_s`` ago, plus 1 ms (assuming the producers write in event-time order and
+    a record takes less than ``idle_s`` to reach the broker), so that an idle partition
+    does not hold every decision back. The clock is sampled at every round, so an idle
+    claim trails the clock by ``idle_s`` and the round's interval, no more. "Nothing left" is not
     taken from the client's high watermark, which Tansu reports short (the base offset of
     the last batch): a partition that looks read to the end is a *candidate*, and the
     caller probes the broker for a record at or after its next offset (``ends``). A
@@ -36,8 +39,11 @@ class InputProgress:
         self.idle_s = idle_s
         self.monotonic = monotonic
         self.latest: dict[TP, tuple[int, int]] = {}  # tp → (last offset, largest time)
-        # tp → (monotonic time, worker clock) when it was last seen with nothing to read
-        self._quiet: dict[TP, tuple[float, int]] = {}
+        # tp → monotonic time since when it has been seen with nothing to read
+        self._quiet: dict[TP, float] = {}
+        # (monotonic time, worker clock) of each round of the last ``idle_s``, oldest first,
+        # with the last round before that
+        self._clocks: deque[tuple[float, int]] = deque()
         self._claimed: dict[str, int] = {}  # stream → largest claim made
         self._sent: dict[str, int] = {}
         # stream → (high watermark, next to process, last handed over) when last seen busy
@@ -80,6 +86,7 @@ class InputProgress:
         """The claims to send now, or None when they have not changed. ``ends``: where a
         probe found partitions to end (no record at or after that offset)."""
         now = self.monotonic()
+        then = self._clock_ago(now, clock)
         claims: dict[str, int] = {}
         for tp, stream, done, in_flight in self._inputs(consumer):
             last = self.latest.get(tp)
@@ -88,12 +95,11 @@ class InputProgress:
                 self._quiet.pop(tp, None)
                 self.busy[stream] = (_highwater(consumer, tp), done, consumer._read_offset.get(tp))
             else:
-                since, then = self._quiet.setdefault(tp, (now, clock))
+                since = self._quiet.setdefault(tp, now)
                 self.busy.pop(stream, None)
-                if now - since >= self.idle_s:
-                    if then:  # a clock of 0: no event seen yet, nothing to claim
-                        claim = max(claim or 0, then + 1)
-                    self._quiet[tp] = (now, clock)
+                # A clock of 0 (or none that old): no event seen yet, nothing to claim.
+                if now - since >= self.idle_s and then:
+                    claim = max(claim or 0, then + 1)
             if claim is not None:
                 self._claimed[stream] = max(claim, self._claimed.get(stream, claim))
             if stream in self._claimed:
@@ -102,6 +108,16 @@ class InputProgress:
             return None
         self._sent = claims
         return claims
+
+    def _clock_ago(self, now: float, clock: int) -> int | None:
+        """Note this round's clock; return the clock as it was ``idle_s`` ago (that of the
+        last round at or before then), None when no round is that old."""
+        self._clocks.append((now, clock))
+        cutoff = now - self.idle_s
+        while len(self._clocks) > 1 and self._clocks[1][0] <= cutoff:
+            self._clocks.popleft()
+        when, then = self._clocks[0]
+        return then if when <= cutoff else None
 
     def describe(self, stream: str) -> str:
         """What this worker knows of ``stream``, for an operator looking at a stall."""
@@ -118,6 +134,7 @@ class InputProgress:
     def reset(self) -> None:
         self.latest.clear()
         self._quiet.clear()
+        self._clocks.clear()
         self._claimed.clear()
         self.busy.clear()
         self._sent = {}

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from streams.runtime.config import MASK, ConfigError, _float, _int, _text, _var, mask_secrets
+from streams.runtime.config import ConfigError, _float, _int, _text, _var
+from streams.runtime.secrets import MASK, mask_secrets
 
 # ``password=...`` in a key/value connection string (quoted or not).
 _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)

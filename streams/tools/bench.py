@@ -12,8 +12,9 @@ In one run, on the same broker and the same events:
 5. latency: events produced at 50% (``--latency-load``) of the measured pipeline rate;
    end-to-end latency is event produced → its message's first status record consumed,
    beside the machine's CPU use meanwhile (worker, broker and generator share it);
-6. feedback latency: then 20 rate-limit replies, each for a fresh domain, produced 50 ms
-   apart; rate-limit reply produced → its throttle record consumed from the control topic;
+6. feedback latency: then 200 (``--feedback-triggers``) rate-limit replies, each for a
+   fresh domain, produced 50 ms apart; rate-limit reply produced → its throttle record
+   consumed from the control topic;
 7. memory, with the table store of MTA_STORE or ``--store`` (printed as ``store``): the
    worker's RSS growth from start-up to after the backlog, once its output buffers have
    drained and it has given freed heap back (``rss_mb_per_million_messages``), and its
@@ -256,6 +257,7 @@ def run(
     base: Settings | None = None,
     load: float = 0.5,
     store: str | None = None,
+    feedback_triggers: int = 200,
 ) -> dict[str, Any]:
     """The measures of this module's docstring; with stderr a terminal, a bar shows the phase.
     ``store`` replaces MTA_STORE for the worker."""
@@ -263,7 +265,7 @@ def run(
     if store:
         base = dataclasses.replace(base, store=store)
     with progress_bar("bench", len(_PHASES), unit="phases") as bar:
-        return _measure(n_events, seed, latency_seconds, base, load, bar)
+        return _measure(n_events, seed, latency_seconds, base, load, feedback_triggers, bar)
 
 
 def _phase(bar: Bar, name: str) -> None:
@@ -271,7 +273,13 @@ def _phase(bar: Bar, name: str) -> None:
 
 
 def _measure(
-    n_events: int, seed: int, latency_seconds: float, base: Settings, load: float, bar: Bar
+    n_events: int,
+    seed: int,
+    latency_seconds: float,
+    base: Settings,
+    load: float,
+    triggers: int,
+    bar: Bar,
 ) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}"
     # Each run's RocksDB tables in a directory of their own, removed at the end.
@@ -311,7 +319,8 @@ def _measure(
         latency = _latency(settings, pipeline * load, latency_seconds, last_ms)
         # Feedback after that load, its event times going on from the latency events'.
         _phase(bar, "feedback latency")
-        feedback = feedback_latency.measure(settings, last_ms + latency["latency_events"] + 2)
+        from_ms = last_ms + latency["latency_events"] + 2
+        feedback = feedback_latency.measure(settings, from_ms, triggers)
         return {
             "store": settings.store,
             "events": len(events),
@@ -348,9 +357,14 @@ def _measure(
             stack.down()
 
 
-def main(n_events: int, seed: int, load: float = 0.5, store: str | None = None) -> int:
+def main(
+    n_events: int, seed: int, load: float = 0.5, store: str | None = None, triggers: int = 200
+) -> int:
     if not 0 < load <= 1:
         print("mta-feedback bench: --latency-load must be in (0, 1]", file=sys.stderr)
         return 2
-    print(json.dumps(run(n_events, seed, load=load, store=store)))
+    if triggers < 1:
+        print("mta-feedback bench: --feedback-triggers must be at least 1", file=sys.stderr)
+        return 2
+    print(json.dumps(run(n_events, seed, load=load, store=store, feedback_triggers=triggers)))
     return 0

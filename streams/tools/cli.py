@@ -240,7 +240,7 @@ def cmd_status(args: argparse.Namespace, store: ViewStore) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams.tools import bench
 
-    return bench.main(args.events, args.seed, args.latency_load, args.store)
+    return bench.main(args.events, args.seed, args.latency_load, args.store, args.feedback_triggers)
 
 
 @_with_views
@@ -380,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="latency is measured at this share of the measured maximum rate (default 0.5)",
+    )
+    p.add_argument(
+        "--feedback-triggers",
+        type=int,
+        default=200,
+        help="rate-limit replies whose feedback latency is measured, 50 ms apart (default 200)",
     )
     p.add_argument(
         "--store",

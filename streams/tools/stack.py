@@ -21,7 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streams.pipeline.topics import TOPICS
-from streams.runtime.config import MASK, Settings, mask_secrets, url_secrets
+from streams.runtime.config import Settings
+from streams.runtime.secrets import MASK, mask_secrets, url_secrets
 
 log = logging.getLogger(__name__)
 

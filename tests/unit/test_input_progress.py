@@ -173,3 +173,19 @@ def test_a_probe_that_ran_before_more_was_processed_does_not_count():
         progress.claims(consumer, 9_000, ends)
         clock.now += 1.0
     assert progress._claimed == {"send:0": 5_500}
+
+
+def test_an_idle_claim_trails_the_clock_by_one_idle_period_round_after_round():
+    """Sampled every round: the claim is the clock of ``idle_s`` ago, not of the start of
+    the current idle period (which would let it trail by up to twice as long)."""
+    progress, clock = _progress()
+    consumer = FakeConsumer({RETRY0: 0})
+    broker = {RETRY0: 0}
+    claimed = []
+    for step in range(31):  # a round every 0.1 s for 3 s, the clock 100 ms on per round
+        claims = _claims(progress, consumer, 1_000 + 100 * step, broker)
+        if claims is not None:
+            claimed.append((step, claims["retry:0"]))
+        clock.now = round(clock.now + 0.1, 1)
+    assert claimed[0] == (10, 1_001)
+    assert claimed[1:] == [(step, 1_001 + 100 * (step - 10)) for step in range(11, 31)]
