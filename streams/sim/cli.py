@@ -1,7 +1,9 @@
 """``mta-feedback simulate``: the closed loop against the real broker and worker (or in
 process with ``--in-process``); prints a JSON summary per run, optionally writes a report.
 
-``--mode both`` runs adaptive then static on the same seed and reports the comparison.
+``--mode both`` runs adaptive then static on the same seed and reports the comparison;
+``--mode all`` adds the oracle (``oracle``: fixed limits tuned in hindsight for the world).
+``--scenario`` picks the world (``worlds``); ``--sweep`` runs a grid in process (``sweep``).
 Against the broker, each run gets its own worker and fresh topics unless a worker already
 serves the configured topics (then its controller state carries over between runs).
 """
@@ -14,12 +16,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from streams.sim.control import ControlPlane
 from streams.sim.runner import Progress, SimConfig, SimResult, simulate
+from streams.sim.worlds import SCENARIOS
 from streams.tools.progress import Bar, progress_bar
+
+MODES = {
+    "adaptive": ["adaptive"],
+    "static": ["static"],
+    "oracle": ["oracle"],
+    "both": ["adaptive", "static"],
+    "all": ["adaptive", "static", "oracle"],
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=["adaptive", "static", "both"], default="adaptive")
+    parser.add_argument("--mode", choices=list(MODES), default="adaptive")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="steady")
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", metavar="DIR", help="write report.md, summary.json, PNGs")
@@ -27,6 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--in-process",
         action="store_true",
         help="run the pipeline's steps in this process instead of the broker and a worker",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run sizes x seeds x scenarios in process; write a Markdown table and plots",
+    )
+    parser.add_argument("--sizes", default="2000,5000,20000,50000,200000", help="with --sweep")
+    parser.add_argument("--seeds", default="100-119", help="with --sweep: 100-119 or 1,5,7")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="with --sweep")
+    parser.add_argument(
+        "--sweep-dir",
+        default="sim-sweep",
+        metavar="DIR",
+        help="with --sweep: results.jsonl (reused by later sweeps), sweep.md, sweep.png",
     )
 
 
@@ -56,7 +83,7 @@ def _run(
     if in_process:
         from streams.sim.control import InProcessControlPlane
 
-        return simulate(config, InProcessControlPlane(), on_step=on_step)
+        return _mode(config, InProcessControlPlane(), on_step)
     from streams.runtime.config import Settings
     from streams.sim.kafka_control import KafkaControlPlane
     from streams.sim.session import pipeline
@@ -68,19 +95,67 @@ def _run(
     with pipeline(Settings.from_env(), label, say) as settings:
         control = KafkaControlPlane(settings)
         try:
-            return simulate(config, control, on_step=on_step)
+            return _mode(config, control, on_step)
         finally:
             control.close()
 
 
+def _mode(
+    config: SimConfig, control: ControlPlane, on_step: Callable[[Progress], None] | None
+) -> SimResult:
+    if config.mode == "oracle":
+        from streams.sim.oracle import run_oracle
+
+        # The search runs in process; only the run of the limits it found uses ``control``.
+        print(
+            "mta-feedback simulate: oracle: searching the world's best fixed limits in process",
+            file=sys.stderr,
+            flush=True,
+        )
+        return run_oracle(config, control, on_step=on_step)
+    return simulate(config, control, on_step=on_step)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from streams.sim import sweep
+
+    def say(text: str) -> None:
+        print(f"mta-feedback simulate --sweep: {text}", file=sys.stderr, flush=True)
+
+    try:
+        sizes = sweep.parse_ints(args.sizes)
+        seeds = sweep.parse_ints(args.seeds)
+        scenarios = sweep.parse_scenarios(args.scenarios)
+    except ValueError as exc:
+        say(str(exc))
+        return 2
+    if min(sizes) < 1:
+        say("--sizes must be at least 1")
+        return 2
+    command = (
+        f"mta-feedback simulate --sweep --sizes {args.sizes} --seeds {args.seeds} "
+        f"--scenarios {args.scenarios}"
+    )
+    path = sweep.run_sweep(sizes, seeds, scenarios, Path(args.sweep_dir), command, say)
+    print(path.read_text(), end="")
+    say(f"table in {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.sweep:
+        return _sweep(args)
     if args.recipients < 1:
         print("mta-feedback simulate: --recipients must be at least 1", file=sys.stderr)
         return 2
-    modes = ["adaptive", "static"] if args.mode == "both" else [args.mode]
     results = []
-    for mode in modes:
-        config = SimConfig(mode=mode, recipients=args.recipients, seed=args.seed)  # type: ignore[arg-type]
+    for mode in MODES[args.mode]:
+        config = SimConfig(
+            mode=mode,  # type: ignore[arg-type]
+            recipients=args.recipients,
+            seed=args.seed,
+            scenario=args.scenario,
+        )
         result = _one(config, args.in_process)
         results.append(result)
         print(json.dumps(result.summary, sort_keys=True), flush=True)

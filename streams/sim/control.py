@@ -92,3 +92,29 @@ class InProcessControlPlane:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class NoPipeline:
+    """Drops the events: for runs whose limits read no feedback (the oracle's search), where
+    the pipeline would only cost time."""
+
+    name = "none"
+    throttle_records = 0
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Nothing reads them."""
+
+    def advance(self, now_ms: int) -> None:
+        """No clock to move."""
+
+    def sync(self) -> None:
+        """Nothing to wait for."""
+
+    def throttle(self) -> Mapping[str, Mapping[str, Any]]:
+        return {}
+
+    def kpi(self, delivery_id: str) -> Mapping[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -11,8 +11,10 @@ Per step an IP opens at most ``max_connections`` connections of at most
 Replies: 2xx → ``send/delivered``; 5.1.1 and no-MX → ``bounce/sync`` (hard); other 5xx →
 ``bounce/sync`` then ``retry/expired`` (the MTA gives up); 4xx → ``retry/deferred`` with the
 reply and the next attempt after an exponential backoff (retry interval x 2^(n-1), capped,
-with seeded jitter). A message still not delivered when its validity (requested validity
-capped at 3.5 days) ends gets ``retry/expired``.
+with seeded jitter); a connection failure (no SMTP session, as in an outage) is retried the
+same way, with the MTA's own diagnostic and no reply code. A message still not delivered
+when its validity (requested validity capped at 3.5 days, or the MTA's ``validity_s``) ends
+gets ``retry/expired``.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class MtaTotals:
     unknown_domain: int = 0
     expired: int = 0
     complaints: int = 0
+    connection_failures: int = 0  # no SMTP session (timeouts): not a reply, not a bounce
     last_delivery_ms: int | None = None
 
     @property
@@ -162,6 +165,7 @@ class Mta:
         seed: int,
         step_ms: int = 60_000,
         max_backoff_s: int = MAX_BACKOFF_S,
+        validity_s: int = MAX_VALIDITY_S,
     ) -> None:
         self.rules = rules
         self.providers = providers
@@ -169,7 +173,9 @@ class Mta:
         self.delivery_id = delivery_id
         self.step_ms = step_ms
         self.max_backoff_s = max_backoff_s
+        self.validity_s = validity_s
         self.totals = MtaTotals()
+        self.last_delivery: dict[str, int] = {}  # label → time of its last delivery (ms)
         self.lanes: dict[str, Lane] = {}
         self._rng = random.Random(f"mta:{seed}")
         self._seq = 0
@@ -184,7 +190,7 @@ class Mta:
     def submit(self, recipients: Sequence[Recipient], now_ms: int) -> list[Event]:
         """Campaign hands the messages over: one ``send/relayed`` each."""
         out = []
-        validity_ms = min(REQUESTED_VALIDITY_S, MAX_VALIDITY_S) * 1000
+        validity_ms = min(REQUESTED_VALIDITY_S, self.validity_s) * 1000
         for r in recipients:
             mid = f"{self.delivery_id}-M{r.index:07d}"
             mx = self.providers.mx_host(r.domain)
@@ -273,6 +279,7 @@ class Mta:
             row[DELIVERED] += 1
             self.totals.delivered += 1
             self.totals.last_delivery_ms = max(self.totals.last_delivery_ms or t, t)
+            self.last_delivery[lane.label] = max(self.last_delivery.get(lane.label, t), t)
             out.append(self._event("send", msg, "delivered", t, **common))
             self._finish(msg)
             if msg.recipient.complains:
@@ -297,6 +304,7 @@ class Mta:
                 Outcome.BLOCKED: "blocked",
                 Outcome.MAILBOX_FULL: "mailbox_full",
                 Outcome.DISABLED: "disabled",
+                Outcome.CONNECTION_FAILED: "connection_failures",
             }[outcome]
             setattr(self.totals, counter, getattr(self.totals, counter) + 1)
         if reply.code is not None and reply.code >= 500:

@@ -34,6 +34,7 @@ class Outcome(Enum):
     USER_UNKNOWN = "user_unknown"
     MAILBOX_FULL = "mailbox_full"
     DISABLED = "disabled"
+    CONNECTION_FAILED = "connection_failed"  # no SMTP session: a timeout, not a reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +346,9 @@ class Provider:
         base = self._capacity if self._capacity is not None else self.profile.capacity(ip)
         return base * self.scale
 
+    def settle(self, now_ms: int) -> None:
+        """Bring state that changes with time alone up to ``now_ms`` (none here)."""
+
     def _ip(self, ip: str) -> _IpState:
         state = self._ips.get(ip)
         if state is None:
@@ -440,20 +444,26 @@ class ProviderNetwork:
 
     def provider(self, domain: str) -> Provider | None:
         name = self.provider_name(domain)
-        if name is None:
-            return None
+        return None if name is None else self.named(name)
+
+    def named(self, name: str) -> Provider:
+        """The provider of that name (a large provider, or a tail domain)."""
         p = self._providers.get(name)
         if p is None:
             profile = self.profiles.get(name)
             if profile is not None:
-                p = Provider(name, profile)
+                p = self.make(name, profile, None)
             else:
                 # Drawn from the name, so a domain's capacity does not depend on sending order.
                 draw = random.Random(f"tail:{self.seed}:{name}")
-                p = Provider(name, TAIL_PROFILE, draw.choice(TAIL_CAPACITIES))
+                p = self.make(name, TAIL_PROFILE, draw.choice(TAIL_CAPACITIES))
             p.scale = self.capacity_scale
             self._providers[name] = p
         return p
+
+    def make(self, name: str, profile: ProviderProfile, capacity: int | None) -> Provider:
+        """A new provider; scenario worlds return their own kinds."""
+        return Provider(name, profile, capacity)
 
     def mx_host(self, domain: str) -> str | None:
         p = self.provider(domain)

@@ -161,7 +161,10 @@ def _bins(result: SimResult) -> tuple[list[float], dict[str, list[list[int]]]]:
 
 
 def _horizon_h(result: SimResult) -> float:
-    """Plots end a little after the last delivery: later on, only full mailboxes retry."""
+    """Plots end a little after the last delivery: later on, only full mailboxes retry.
+    Multi-campaign runs show all their days."""
+    if result.summary.get("campaigns") and result.timeline:
+        return (result.timeline[-1].t_ms - result.start_ms) / 3_600_000 + 1
     ttd = result.summary["time_to_deliver_s"] or 0
     return ttd / 3600 * 1.2 + 0.5
 

@@ -366,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     from streams.sim import cli as sim_cli
 
-    p = add("simulate", sim_cli.run, "closed-loop simulation: adaptive against static limits")
+    p = add(
+        "simulate",
+        sim_cli.run,
+        "closed-loop simulation: adaptive against static and oracle limits, scenarios, sweeps",
+    )
     sim_cli.add_arguments(p)
     p = add("produce-sample", cmd_produce_sample, "produce a generated sample campaign")
     p.add_argument("--recipients", type=int, default=1000)
