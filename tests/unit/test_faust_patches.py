@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -205,18 +206,38 @@ class ProbeRecord:
         return self._offset
 
 
+class PartitionEof:
+    def code(self) -> int:
+        return confluent_kafka.KafkaError._PARTITION_EOF
+
+
+class EofRecord(ProbeRecord):
+    def error(self) -> PartitionEof:  # type: ignore[override]
+        return PartitionEof()
+
+
 class ProbeConsumer:
-    """confluent-kafka's consumer on that broker: records from the assigned offsets on."""
+    """confluent-kafka's consumer on that broker: records from the assigned offsets on, then
+    each partition's end signal; the first ``silent_polls`` polls answer nothing (a loaded
+    broker's first fetch)."""
+
+    silent_polls = 0
 
     def __init__(self, config: dict[str, Any]) -> None:
+        assert config["enable.partition.eof"] is True
         self.unread: list[ProbeRecord] = []
 
     def assign(self, partitions: list[confluent_kafka.TopicPartition]) -> None:
         for p in partitions:
             tp = TP(p.topic, p.partition)
             self.unread += [ProbeRecord(tp, off) for off in range(p.offset, LAST_OFFSET + 1)]
+            self.unread.append(EofRecord(tp, LAST_OFFSET + 1))
 
     def consume(self, num_messages: int, timeout: float) -> list[ProbeRecord]:
+        if self.silent_polls:
+            self.silent_polls -= 1
+            time.sleep(timeout)
+            return []
         batch, self.unread = self.unread[:num_messages], self.unread[num_messages:]
         return batch
 
@@ -237,6 +258,9 @@ def test_true_high_watermarks_cover_the_last_changelog_batch(monkeypatch):
     # Recovery restores up to the watermark: records 880-884 would never be restored.
     assert asyncio.run(changelog_high_watermark()) == 880
     use(monkeypatch, "patch_true_high_watermarks", patched=True)
+    assert asyncio.run(changelog_high_watermark()) == LAST_OFFSET + 1
+    # A broker that takes 0.8 s to answer the first fetch: the ends are still found.
+    monkeypatch.setattr(ProbeConsumer, "silent_polls", 8)
     assert asyncio.run(changelog_high_watermark()) == LAST_OFFSET + 1
 
 
