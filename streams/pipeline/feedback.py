@@ -282,8 +282,9 @@ class FeedbackProcessor:
     ) -> None:
         old_state = rec.state if rec else None
         state = message_status.apply(old_state, family, event, q, self.config.validity)
+        mid, recipient, state_changed = event["message_id"], event["recipient"], state != old_state
         self._publish_message(
-            event["message_id"], rec, state, state != old_state, partition, offset, family, out
+            mid, rec, state, state_changed, partition, offset, family, out, recipient
         )
 
     def _message_time(
@@ -319,6 +320,7 @@ class FeedbackProcessor:
         offset: int,
         family: str,
         out: list[Output],
+        recipient: str | None = None,
     ) -> None:
         view = message_status.view(state, self.clock)
         old_view = rec.view if rec else None
@@ -341,12 +343,14 @@ class FeedbackProcessor:
                 family,
             )
             if changed:
-                out.append(status_record(mid, state.delivery_id, view, version, self.clock))
+                record = status_record(mid, state.delivery_id, view, version, self.clock, recipient)
+                out.append(record)
                 self._kpi(state.delivery_id, old_view, view, partition)
                 return
         if is_redelivery(rec, family, offset):
             assert rec is not None
-            out.append(status_record(mid, state.delivery_id, view, rec.version, self.clock))
+            record = status_record(mid, state.delivery_id, view, rec.version, self.clock, recipient)
+            out.append(record)
             self._kpi_add(partition, state.delivery_id)
 
     # -- delivery KPI partials ----------------------------------------------------------

@@ -66,8 +66,15 @@ def tombstone_fields(headers: Any) -> tuple[int, int] | None:
 
 
 def status_record(
-    mid: str, delivery_id: str, view: MessageView, version: int, now_ms: int
+    mid: str,
+    delivery_id: str,
+    view: MessageView,
+    version: int,
+    now_ms: int,
+    recipient: str | None = None,
 ) -> Output:
+    """A message's status; ``recipient`` is the address of the event that made the change
+    (None for a change time alone made: the message state does not keep it)."""
     return Output(
         Topic.STATUS,
         mid,
@@ -76,6 +83,7 @@ def status_record(
             "event_time": now_ms,
             "message_id": mid,
             "delivery_id": delivery_id,
+            "recipient": recipient,
             "status": view.status,
             "failure_type": view.failure_type,
             "failure_reason": view.failure_reason,

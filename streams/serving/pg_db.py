@@ -1,5 +1,6 @@
 """PostgreSQL plumbing of the sink: connections, versioned migrations, stored offsets,
-the purge of old delivery-log rows, and throw-away databases for tests and benchmarks.
+the purge of old delivery-log rows and remembered tombstones, and throw-away databases
+for tests and benchmarks.
 
 Migrations are the files ``streams/serving/migrations/NNNN_name.sql``, applied in order,
 each in its own transaction with its number recorded in ``mta_migrations``; an advisory
@@ -94,16 +95,21 @@ def stored_offsets(
     return {(topic, partition): offset for topic, partition, offset in rows}
 
 
-def purge_delivery_log(conn: psycopg.Connection, older_than_s: float) -> int:
-    """Delete delivery-log rows whose last event is older than ``older_than_s`` (wall
-    clock); returns how many. Address and indicator rows are never purged."""
+def purge_old_rows(conn: psycopg.Connection, older_than_s: float) -> tuple[int, int]:
+    """Delete delivery-log rows whose last event, and remembered address tombstones whose
+    delete, are older than ``older_than_s`` (wall clock); returns how many of each.
+    Address and indicator rows are never purged."""
     with conn.transaction():
-        cur = conn.execute(
+        log_rows = conn.execute(
             "DELETE FROM mta_delivery_log"
             " WHERE last_event_time < now() - make_interval(secs => %s)",
             (older_than_s,),
-        )
-    return cur.rowcount
+        ).rowcount
+        gone = conn.execute(
+            "DELETE FROM mta_address_gone WHERE deleted_at < now() - make_interval(secs => %s)",
+            (older_than_s,),
+        ).rowcount
+    return log_rows, gone
 
 
 @contextmanager

@@ -4,13 +4,23 @@ writes what this computes).
 
 Version rule: a row is replaced by a record of the same key with an equal or higher
 version, never by a lower one (equal: the same state published again after a crash). A
-tombstone on the address topic deletes the address row unless the row is newer than it
-(its ``version`` header; without one it deletes whatever is there). Delivery-log rows
-stay when their message retires, and the KPI topic has no tombstones.
+delivery-log row keeps its recipient when the record replacing it has none (a change that
+time alone made). A tombstone on the address topic deletes the address row unless the row
+is newer than it (its ``version`` header; without one it deletes whatever is there).
+Delivery-log rows stay when their message retires, and the KPI topic has no tombstones.
 
-A batch is folded per key into at most one delete followed by at most one upsert, which
-the database applies as all deletes then all upserts, each guarded by the version rule:
-the outcome equals applying the batch's records one by one (tests/unit/test_pg_rows.py).
+Retired addresses are remembered (``mta_address_gone``) with the highest version of their
+tombstones, unless a newer row is left: an address record at or below that version is of
+the old life, arriving late, and is skipped; a higher one (a reborn address: the workers
+carry its version on) is written and the entry dropped. A tombstone without a version
+guards nothing and drops the entry.
+
+A batch is folded per key into at most one delete (with what to remember) followed by at
+most one upsert, which the database applies as all deletes then all upserts, each guarded
+by the version rule and the remembered versions: the outcome equals applying the batch's
+records one by one (tests/unit/test_pg_rows.py). A tombstone without a version after an
+upsert of its key starts a new batch (``splits_at``): what it leaves remembered depends on
+whether that upsert passed, which only the database knows.
 """
 
 from __future__ import annotations
@@ -120,7 +130,7 @@ def to_row(topic: str, value: dict[str, Any]) -> Row:
         return (
             g("message_id"),
             g("delivery_id"),
-            g("recipient"),  # not in status_change (yet): null then
+            g("recipient"),  # null for a change time alone made, and in older records
             g("status"),
             g("failure_type"),
             g("failure_reason"),
@@ -163,13 +173,24 @@ def deletes(stored_version: int, tombstone_version: int | None) -> bool:
 
 
 @dataclass
+class Gone:
+    """A batch's tombstones of one address: the row deleted up to ``bound`` (None: any
+    version); the remembered entry dropped first when ``forget``, then raised to
+    ``remember`` (None: not) unless a row is left."""
+
+    bound: int | None
+    forget: bool = False
+    remember: int | None = None
+
+
+@dataclass
 class Batch:
     """One batch of records folded per table and key, with the next offset to read of
-    every partition it covers. Per key: at most one address delete (``deleted``: up to a
-    version, None meaning any), applied before at most one upsert (``rows``)."""
+    every partition it covers. Per key: at most one address delete (``deleted``), applied
+    before at most one upsert (``rows``)."""
 
     rows: dict[str, dict[str, Row]] = field(default_factory=lambda: {t: {} for t in COLUMNS})
-    deleted: dict[str, int | None] = field(default_factory=dict)
+    deleted: dict[str, Gone] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: int = 0
 
@@ -177,7 +198,13 @@ class Batch:
         table = self.rows[topic]
         held = table.get(row[0])
         if held is None or row[-1] >= held[-1]:  # ``applies``, inlined: once per record
+            if topic == Topic.STATUS and row[2] is None and held is not None:
+                row = (*row[:2], held[2], *row[3:])  # the recipient stays
             table[row[0]] = row
+
+    def splits_at(self, topic: str, key: str, version: int | None) -> bool:
+        """Whether this tombstone must go into a new batch (see the module's doc)."""
+        return topic == Topic.ADDRESS and version is None and key in self.rows[topic]
 
     def tombstone(self, topic: str, key: str, version: int | None) -> None:
         """A retired key. Only address rows are deleted; other tombstones change nothing."""
@@ -189,11 +216,16 @@ class Batch:
         if held is not None and not deletes(version_of(held), version):
             return
         table.pop(key, None)
-        if key not in self.deleted:
-            self.deleted[key] = version
-        elif (before := self.deleted[key]) is not None:
+        gone = self.deleted.get(key)
+        if gone is None:
+            gone = self.deleted[key] = Gone(version)
+        elif gone.bound is not None:
             # Two deletes in a row remove whatever is at or below the higher version.
-            self.deleted[key] = None if version is None else max(before, version)
+            gone.bound = None if version is None else max(gone.bound, version)
+        if version is None:
+            gone.forget, gone.remember = True, None
+        elif gone.remember is None or version > gone.remember:
+            gone.remember = version
 
     def seen(self, topic: str, partition: int, offset: int) -> None:
         self.offsets[(topic, partition)] = offset + 1
@@ -202,7 +234,7 @@ class Batch:
     def upserts(self, topic: str) -> list[Row]:
         return list(self.rows[topic].values())
 
-    def address_deletes(self) -> list[tuple[str, int | None]]:
+    def address_deletes(self) -> list[tuple[str, Gone]]:
         return list(self.deleted.items())
 
 

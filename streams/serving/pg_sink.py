@@ -1,8 +1,10 @@
 """The PostgreSQL sink: the status, address and KPI topics → three tables, exactly once.
 
-Each batch of records is one transaction: COPY into temporary staging tables, one upsert
-per table guarded by the version rule (streams/serving/pg_rows.py), the address deletes of
-its tombstones, and the next offset of every partition it read, in ``mta_sink_offsets``.
+Each batch of records is one transaction: COPY into temporary staging tables, the address
+deletes of its tombstones with the versions they leave remembered (``mta_address_gone``),
+one upsert per table guarded by the version rule and those versions
+(streams/serving/pg_rows.py), and the next offset of every partition it read, in
+``mta_sink_offsets``.
 The consumer group's own offsets are never read back: on every partition assignment the
 sink seeks to the offsets stored in the database, so a batch is in the tables exactly when
 its offsets are, whatever happened to the process.
@@ -78,22 +80,53 @@ def _stage_ddl(topic: str) -> str:
 
 
 def _upsert_sql(topic: str) -> str:
-    """INSERT from staging; on conflict replace every column unless the row is newer."""
+    """INSERT from staging; on conflict replace every column unless the row is newer (a
+    null recipient keeps the row's). An address record at or below its address's
+    remembered tombstone version is skipped; one that is written drops the entry."""
     staged = COLUMNS[topic]
     target = [_MS.get(c, c) for c in staged]
-    values = [f"to_timestamp({c} / 1000.0)" if c in _MS else c for c in staged]
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in target[1:])
-    return (
+    values = [f"to_timestamp(s.{c} / 1000.0)" if c in _MS else f"s.{c}" for c in staged]
+    updates = ", ".join(
+        f"{c} = COALESCE(EXCLUDED.{c}, t.{c})" if c == "recipient" else f"{c} = EXCLUDED.{c}"
+        for c in target[1:]
+    )
+    guard = (
+        " WHERE NOT EXISTS (SELECT 1 FROM mta_address_gone g"
+        " WHERE g.address = s.address AND s.version <= g.version)"
+        if topic == Topic.ADDRESS
+        else ""
+    )
+    upsert = (
         f"INSERT INTO {_TABLE[topic]} AS t ({', '.join(target)})"
-        f" SELECT {', '.join(values)} FROM {_stage(topic)}"
+        f" SELECT {', '.join(values)} FROM {_stage(topic)} s{guard}"
         f" ON CONFLICT ({target[0]}) DO UPDATE SET {updates}"
         " WHERE t.version <= EXCLUDED.version"
     )
+    if topic != Topic.ADDRESS:
+        return upsert
+    return (
+        f"WITH written AS ({upsert} RETURNING t.address)"
+        " DELETE FROM mta_address_gone g USING written w WHERE g.address = w.address"
+    )
 
 
+# Per address: the row deleted up to a version (null: any), the remembered entry dropped
+# (a tombstone without a version), then raised to a version unless a newer row is left.
+_ADDRESS_GONE = "unnest(%s::text[], %s::bigint[], %s::bool[], %s::bigint[])"
+_ADDRESS_GONE += " AS d(address, bound, forget, remember)"
 _DELETE_ADDRESSES = (
-    "DELETE FROM mta_address t USING unnest(%s::text[], %s::bigint[]) AS g(address, version)"
-    " WHERE t.address = g.address AND (g.version IS NULL OR t.version <= g.version)"
+    f"DELETE FROM mta_address t USING {_ADDRESS_GONE}"
+    " WHERE t.address = d.address AND (d.bound IS NULL OR t.version <= d.bound)"
+)
+_FORGET_ADDRESSES = (
+    f"DELETE FROM mta_address_gone g USING {_ADDRESS_GONE} WHERE g.address = d.address AND d.forget"
+)
+_REMEMBER_ADDRESSES = (
+    f"INSERT INTO mta_address_gone AS g (address, version) SELECT d.address, d.remember"
+    f" FROM {_ADDRESS_GONE} WHERE d.remember IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM mta_address t WHERE t.address = d.address)"
+    " ON CONFLICT (address) DO UPDATE"
+    " SET version = GREATEST(g.version, EXCLUDED.version), deleted_at = now()"
 )
 # GREATEST: a sink that lost its partitions in a rebalance never moves an offset back.
 _SAVE_OFFSETS = (
@@ -128,6 +161,7 @@ class PgSink:
         self._producer: Producer | None = None
         self._stopping = False
         self.assigned = False  # partitions assigned once at least
+        self._assigned_at = 0.0  # monotonic time of the last assignment
         self.written = 0  # records whose batch committed
         self.dead_letters = 0
         self._consumer = Consumer(
@@ -204,35 +238,42 @@ class PgSink:
         for tp in partitions:
             tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
-        self.assigned = True
+        self.assigned, self._assigned_at = True, time.monotonic()
         log.info("assigned %d partitions, %d with stored offsets", len(partitions), len(stored))
 
     def stop(self) -> None:
         self._stopping = True
 
     def run(self, idle_exit_s: float | None = None) -> None:
-        """Consume and write until ``stop()`` (or no record for ``idle_exit_s`` once
-        partitions are assigned)."""
+        """Consume and write until ``stop()`` (or no record for ``idle_exit_s`` since
+        partitions were last assigned)."""
         self._consumer.subscribe(list(self._logical), on_assign=self._on_assign)
         idle_since = time.monotonic()
         try:
             while not self._stopping:
                 msgs = self._consumer.consume(self.pg.batch_rows, self.pg.batch_wait_ms / 1000)
-                batch = self.batch(msgs)
-                if batch.records or not self.assigned:
-                    if batch.records:
+                batches = [b for b in self.batches(msgs) if b.records]
+                if batches or not self.assigned:
+                    for batch in batches:
                         self.write(batch)
                     idle_since = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                # Idle from the last assignment at the earliest: the fetches after its seeks
+                # take a while.
+                elif (
+                    idle_exit_s is not None
+                    and time.monotonic() - max(idle_since, self._assigned_at) > idle_exit_s
+                ):
                     return
         except Stopped:
             log.warning("stopped while PostgreSQL was unreachable: the last batch is read again")
         finally:
             self.close()
 
-    def batch(self, msgs: Iterable[Any]) -> Batch:
-        """Kafka messages → a folded batch; bad records become dead letters."""
+    def batches(self, msgs: Iterable[Any]) -> list[Batch]:
+        """Kafka messages → folded batches (one but where ``Batch.splits_at`` says); bad
+        records become dead letters."""
         batch = Batch()
+        done = [batch]
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -244,10 +285,13 @@ class PgSink:
                     log.warning("consumer: %s", err.str())
                 continue
             topic = self._logical[msg.topic()]
-            batch.seen(msg.topic(), msg.partition(), msg.offset())
             value = msg.value()
+            gone = tombstone(msg.key(), msg.headers()) if value is None else None
+            if gone is not None and batch.splits_at(topic, gone.key, gone.version):
+                batch = Batch()
+                done.append(batch)
+            batch.seen(msg.topic(), msg.partition(), msg.offset())
             if value is None:
-                gone = tombstone(msg.key(), msg.headers())
                 if gone is not None:
                     batch.tombstone(topic, gone.key, gone.version)
                 continue
@@ -259,7 +303,7 @@ class PgSink:
                 self._dead_letter(msg, "invalid", str(exc))
             except (ValueError, TypeError, KeyError) as exc:
                 self._dead_letter(msg, "undecodable", f"{type(exc).__name__}: {exc}")
-        return batch
+        return done
 
     def _dead_letter(self, msg: Any, kind: str, reason: str) -> None:
         self.dead_letters += 1
@@ -317,6 +361,16 @@ class PgSink:
 
 def _write(conn: psycopg.Connection, batch: Batch) -> None:
     with conn.transaction(), conn.cursor() as cur:
+        gone = batch.address_deletes()
+        if gone:
+            arrays = (
+                [k for k, _ in gone],
+                [g.bound for _, g in gone],
+                [g.forget for _, g in gone],
+                [g.remember for _, g in gone],
+            )
+            for statement in (_DELETE_ADDRESSES, _FORGET_ADDRESSES, _REMEMBER_ADDRESSES):
+                cur.execute(statement, arrays)
         for topic in TOPICS:
             rows = batch.upserts(topic)
             if not rows:
@@ -326,9 +380,6 @@ def _write(conn: psycopg.Connection, batch: Batch) -> None:
                 for row in rows:
                     copy.write_row(row)
             cur.execute(_upsert_sql(topic).encode())
-        gone = batch.address_deletes()
-        if gone:
-            cur.execute(_DELETE_ADDRESSES, ([k for k, _ in gone], [v for _, v in gone]))
         offsets = list(batch.offsets.items())
         cur.execute(
             _SAVE_OFFSETS,

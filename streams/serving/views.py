@@ -26,6 +26,9 @@ become ``%XX``):
 The sorted indexes hold the addresses of the two sets, sorted by domain then address, so
 that a lister pages through them with ZRANGEBYLEX from the last address it showed.
 
+A message's hash also holds its recipient address when its latest change came from an
+event (a record's null fields are not stored: a validity expiry has no recipient).
+
 Tombstones, their markers and the TTL backstop: streams/serving/retirement.py.
 """
 

@@ -3,9 +3,9 @@ delivery indicators current in PostgreSQL, exactly once (streams/serving/pg_sink
 docs/postgres-sink.md).
 
 Applies the migrations first, then consumes until SIGINT or SIGTERM. ``--migrate`` only
-applies them; ``--purge-older-than 90d`` only deletes old delivery-log rows. Exit code 2
-for bad settings, 3 when the broker is unreachable at start; PostgreSQL going away is
-waited out.
+applies them; ``--purge-older-than 90d`` only deletes old delivery-log rows and old
+remembered address tombstones. Exit code 2 for bad settings, 3 when the broker is
+unreachable at start; PostgreSQL going away is waited out.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--purge-older-than",
         metavar="AGE",
         type=_duration,
-        help="delete delivery-log rows whose last event is older than AGE (90d, 12h...), exit",
+        help="delete delivery-log rows whose last event, and remembered address tombstones"
+        " whose delete, are older than AGE (90d, 12h...), then exit",
     )
     what.add_argument(
         "--idle-exit",
@@ -62,17 +63,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
     )
-    from streams.serving.pg_db import connect, purge_delivery_log, where
+    from streams.serving.pg_db import connect, purge_old_rows, where
 
     if args.purge_older_than is not None:
         import psycopg
 
         try:
             with connect(pg.dsn) as conn:
-                purged = purge_delivery_log(conn, args.purge_older_than)
+                log_rows, gone = purge_old_rows(conn, args.purge_older_than)
         except psycopg.Error as exc:
             return _fail(f"PostgreSQL at {where(pg.dsn)}: {str(exc).strip()}", 3)
-        print(f"purged {purged} delivery-log rows")
+        print(f"purged {log_rows} delivery-log rows, {gone} remembered address tombstones")
         return 0
     from streams.serving.pg_sink import PgSink
     from streams.tools.cli import _check_broker

@@ -1,8 +1,9 @@
 """``mta-feedback sink-postgres`` SIGKILLed three times while a worker's outputs pour in,
 and its database connections cut once (pg_terminate_backend, as a server restart does):
 the delivery log, address table and delivery indicators then equal ``replay``'s final
-state for the same input, row for row. Nothing lost (offsets are stored with the rows),
-nothing doubled (a batch is in the tables exactly when its offsets are).
+state for the same input, row for row, each delivery-log row with its input's recipient.
+Nothing lost (offsets are stored with the rows), nothing doubled (a batch is in the
+tables exactly when its offsets are).
 
 Each sink after a SIGKILL joins under a group of its own: its predecessor's membership
 would hold the group for a session timeout, and the sink never reads a group's offsets
@@ -26,7 +27,7 @@ import pytest
 from streams.runtime.config import Settings
 from streams.serving.pg_config import PgSettings
 from streams.serving.pg_db import connect, scratch_database, terminate_backends
-from streams.testing.sample import SampleCampaign
+from streams.testing.sample import Event, SampleCampaign
 from streams.testing.worker import WorkerProcess, settings_env
 
 from .helpers import produce_paced
@@ -95,13 +96,23 @@ def wait_for_log(log: Path, text: str, timeout: float = 30.0) -> None:
     assert text in log.read_text(), log.read_text()[-2000:]
 
 
+def expected_tables(events: list[Event]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``reference`` with each message's recipient: its events' (the status records carry
+    it from them)."""
+    expected = reference(events)
+    recipients = {e["message_id"]: e["recipient"] for _, e in events if "message_id" in e}
+    for mid, row in expected["message"].items():
+        row["recipient"] = recipients[mid]
+    return expected
+
+
 def tables(dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """The three tables in the shape of ``reference`` (a sent message shows no failure, as
-    in replay's final state)."""
+    """The three tables in the shape of ``expected_tables`` (a sent message shows no
+    failure, as in replay's final state)."""
     got: dict[str, dict[str, dict[str, Any]]] = {}
     with connect(dsn) as conn:
         for kind, table, key, fields in (
-            ("message", "mta_delivery_log", "message_id", MESSAGE_FIELDS),
+            ("message", "mta_delivery_log", "message_id", (*MESSAGE_FIELDS, "recipient")),
             ("address", "mta_address", "address", ADDRESS_FIELDS),
             ("kpi", "mta_delivery_indicators", "delivery_id", KPI_FIELDS),
         ):
@@ -118,7 +129,7 @@ def tables(dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
 def test_sink_killed_and_cut_off_keeps_tables_equal_to_replay(make_settings, tmp_path):
     settings = make_settings()
     events = SampleCampaign(recipients=800, seed=5).events()
-    expected = reference(events)
+    expected = expected_tables(events)
     pace = random.Random(3)
     worker = WorkerProcess(settings, tmp_path / "worker.log", views=False)
     sinks: list[Sink] = []

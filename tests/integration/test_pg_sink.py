@@ -1,6 +1,7 @@
 """The PostgreSQL sink against the real broker and the real PostgreSQL (a fresh database per
-test): rows, version rule, tombstones, dead letters, offsets stored with the rows and read
-back on assignment, PostgreSQL going away, and the command's own steps."""
+test): rows, version rule, tombstones and retired addresses, dead letters, offsets stored
+with the rows and read back on assignment, PostgreSQL going away, and the command's own
+steps."""
 
 from __future__ import annotations
 
@@ -36,12 +37,15 @@ def dsn() -> Iterator[str]:
         yield url
 
 
-def status(mid: str, version: int, state: str = "taken_into_account") -> dict[str, Any]:
+def status(
+    mid: str, version: int, state: str = "taken_into_account", recipient: str | None = None
+) -> dict[str, Any]:
     return {
         "event_id": f"{mid}:{version}",
         "event_time": T0 + version,
         "message_id": mid,
         "delivery_id": "D1",
+        "recipient": recipient,
         "status": state,
         "failure_type": None,
         "failure_reason": None,
@@ -133,8 +137,8 @@ def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
 def test_tables_follow_the_topics_exactly_once(make_settings, dsn):
     settings = make_settings()
     out = Out(settings)
-    out.send("status", "M1", status("M1", 1))
-    out.send("status", "M1", status("M1", 2, "sent"))
+    out.send("status", "M1", status("M1", 1, recipient="jane@example.org"))
+    out.send("status", "M1", status("M1", 2, "sent"))  # a tick's change: the recipient stays
     out.send("status", "M2", status("M2", 3, "failed"))
     out.send("status", "M2", status("M2", 2))  # lower after higher: ignored
     out.send("status", "M1", None, version=2, event_time=T0 + 2)  # retired: the log stays
@@ -151,6 +155,8 @@ def test_tables_follow_the_topics_exactly_once(make_settings, dsn):
     assert (first.written, first.dead_letters) == (12, 1)
     log = "SELECT message_id, status, version FROM mta_delivery_log ORDER BY 1"
     assert rows(dsn, log) == [("M1", "sent", 2), ("M2", "failed", 3)]
+    recipients = "SELECT message_id, recipient FROM mta_delivery_log ORDER BY 1"
+    assert rows(dsn, recipients) == [("M1", "jane@example.org"), ("M2", None)]
     assert rows(dsn, "SELECT address, state, version FROM mta_address") == [
         ("b@example.org", "quarantined", 2)
     ]
@@ -172,11 +178,37 @@ def test_tables_follow_the_topics_exactly_once(make_settings, dsn):
         conn.commit()
     again = drain(settings, dsn, group)
     assert again.written == 7
+    assert rows(dsn, recipients)[0] == ("M1", "jane@example.org")  # written again: kept
     assert rows(dsn, log) == [
         ("M1", "sent", 2),
         ("M2", "failed", 3),
         ("M4", "taken_into_account", 1),
     ]
+
+
+def test_a_retired_address_stays_retired_until_reborn(make_settings, dsn):
+    """A late record of an address's old life (at or below its tombstone's version) is
+    skipped in a later batch and in the same batch; a higher version is its new life."""
+    settings = make_settings()
+    out = Out(settings)
+    for addr in ("a@example.org", "b@example.org"):
+        out.send("address", addr, address(addr, 3, "quarantined"))
+        out.send("address", addr, None, version=3, event_time=T0 + 3)
+    out.send("address", "b@example.org", address("b@example.org", 2))  # late, same batch
+    out.flush()
+    group = f"g{uuid.uuid4().hex[:8]}"
+    drain(settings, dsn, group)
+    table = "SELECT address, state, version FROM mta_address ORDER BY 1"
+    gone = "SELECT address, version FROM mta_address_gone ORDER BY 1"
+    assert rows(dsn, table) == []
+    assert rows(dsn, gone) == [("a@example.org", 3), ("b@example.org", 3)]
+
+    out.send("address", "a@example.org", address("a@example.org", 3, "quarantined"))  # late
+    out.send("address", "b@example.org", address("b@example.org", 4))  # reborn
+    out.flush()
+    assert drain(settings, dsn, group).written == 2
+    assert rows(dsn, table) == [("b@example.org", "valid", 4)]
+    assert rows(dsn, gone) == [("a@example.org", 3)]
 
 
 def test_postgresql_going_away_is_waited_out(make_settings, dsn, caplog):
@@ -222,9 +254,9 @@ def test_the_command_migrates_and_purges(dsn, monkeypatch, capsys, caplog):
     monkeypatch.setenv("MTA_POSTGRES_DSN", dsn)
     caplog.set_level(logging.INFO, "mta_feedback.sink_postgres")
     assert cli.main(["sink-postgres", "--migrate"]) == 0
-    assert "migrations applied: 0001_tables, 0002_indexes" in caplog.text
+    assert "migrations applied: 0001_tables, 0002_indexes, 0003_address_gone" in caplog.text
     versions = rows(dsn, "SELECT version, name FROM mta_migrations ORDER BY 1")
-    assert versions == [(1, "tables"), (2, "indexes")]
+    assert versions == [(1, "tables"), (2, "indexes"), (3, "address_gone")]
     with connect(dsn) as conn:
         for mid, age_days in (("old", 100), ("new", 1)):
             conn.execute(
@@ -232,11 +264,18 @@ def test_the_command_migrates_and_purges(dsn, monkeypatch, capsys, caplog):
                 " version) VALUES (%s, 'D1', 'sent', now() - make_interval(days => %s), 1)",
                 (mid, age_days),
             )
+            conn.execute(
+                "INSERT INTO mta_address_gone (address, version, deleted_at)"
+                " VALUES (%s, 3, now() - make_interval(days => %s))",
+                (f"{mid}@example.org", age_days),
+            )
         conn.commit()
     capsys.readouterr()
     assert cli.main(["sink-postgres", "--purge-older-than", "90d"]) == 0
-    assert capsys.readouterr().out.strip() == "purged 1 delivery-log rows"
+    purged = "purged 1 delivery-log rows, 1 remembered address tombstones"
+    assert capsys.readouterr().out.strip() == purged
     assert rows(dsn, "SELECT message_id FROM mta_delivery_log") == [("new",)]
+    assert rows(dsn, "SELECT address FROM mta_address_gone") == [("new@example.org",)]
     with connect(dsn) as conn:
         assert migrate(conn) == []
     monkeypatch.setenv("MTA_POSTGRES_BATCH_ROWS", "0")

@@ -36,6 +36,7 @@ STATUS = {
     "event_time": 1_767_225_600_123,
     "message_id": "M1",
     "delivery_id": "D1",
+    "recipient": "jane@example.com",
     "status": "failed",
     "failure_type": "soft",
     "failure_reason": "mailbox_full",

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from factories import JAN_2026, event
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.domain.bounce.qualifier import default_qualifier
+from streams.pipeline.feedback import FeedbackProcessor, PipelineConfig
 from streams.pipeline.records import address_record, kpi_record, status_record
 from streams.runtime.config import ConfigError
 from streams.serving.pg_config import PG_VARS, PgSettings, mask_dsn
@@ -29,14 +32,15 @@ def _status(mid: str = "M1", version: int = 3) -> dict[str, Any]:
     from streams.domain.recipient.message_status import MessageView
 
     view = MessageView("failed", "hard", "User unknown", 10, "r1", 2, None)
-    return status_record(mid, "D1", view, version, 1_767_225_600_000).value
+    return status_record(mid, "D1", view, version, 1_767_225_600_000, "jane@example.com").value
 
 
 def test_a_status_record_becomes_a_delivery_log_row():
     row = dict(zip(STATUS_COLUMNS, to_row("status", _status()), strict=True))
     assert row["message_id"] == "M1"
     assert row["delivery_id"] == "D1"
-    assert row["recipient"] is None
+    assert row["recipient"] == "jane@example.com"
+    assert to_row("status", {**_status(), "recipient": None})[2] is None  # a tick's change
     assert (row["status"], row["failure_type"], row["failure_reason"]) == (
         "failed",
         "hard",
@@ -124,66 +128,157 @@ OPS = st.lists(
     ),
     max_size=12,
 )
-TABLE = st.dictionaries(KEYS, st.tuples(VERSIONS, st.integers(0, 3)))
+# The address table and the remembered tombstones: a key is in one of them at most.
+State = tuple[dict[str, tuple[int, int]], dict[str, int]]
+STATE = st.dictionaries(KEYS, st.one_of(st.tuples(VERSIONS, st.integers(0, 3)), VERSIONS)).map(
+    lambda d: (
+        {k: v for k, v in d.items() if isinstance(v, tuple)},
+        {k: v for k, v in d.items() if isinstance(v, int)},
+    )
+)
 
 
 def _row(key: str, version: int, payload: int) -> tuple[Any, ...]:
     return (key, payload, version)
 
 
-def _one_by_one(table: dict, ops: list) -> dict:
+def _one_by_one(state: State, ops: list) -> State:
     """The database's rules applied to each record in turn (the specification)."""
-    table = dict(table)
+    table, gone = dict(state[0]), dict(state[1])
     for op in ops:
-        key = op[1]
+        key, version = op[1], op[2]
         stored = table.get(key)
         if op[0] == "up":
-            if applies(None if stored is None else stored[0], op[2]):
-                table[key] = (op[2], op[3])
-        elif stored is not None and deletes(stored[0], op[2]):
-            del table[key]
-    return table
+            if key in gone and version <= gone[key]:
+                continue  # a late record of the retired life
+            if applies(None if stored is None else stored[0], version):
+                table[key] = (version, op[3])
+                gone.pop(key, None)
+            continue
+        if stored is not None and not deletes(stored[0], version):
+            continue  # the row is newer: reborn already
+        table.pop(key, None)
+        if version is None:
+            gone.pop(key, None)  # nothing to guard with
+        else:
+            gone[key] = max(gone.get(key, version), version)
+    return table, gone
 
 
-def _as_the_sink_writes(table: dict, batch: Batch) -> dict:
-    """What the sink's transaction does: every delete, then every upsert, each guarded."""
-    table = dict(table)
-    for key, version in batch.address_deletes():
-        if key in table and deletes(table[key][0], version):
+def _as_the_sink_writes(state: State, batch: Batch) -> State:
+    """What the sink's transaction does: every delete with what it remembers, then every
+    upsert, each guarded (the statements of streams/serving/pg_sink.py)."""
+    table, gone = dict(state[0]), dict(state[1])
+    for key, g in batch.address_deletes():
+        if key in table and deletes(table[key][0], g.bound):
             del table[key]
+        if g.forget:
+            gone.pop(key, None)
+        if g.remember is not None and key not in table:
+            gone[key] = max(gone.get(key, g.remember), g.remember)
     for key, payload, version in batch.upserts("address"):
+        if key in gone and version <= gone[key]:
+            continue
         stored = table.get(key)
         if applies(None if stored is None else stored[0], version):
             table[key] = (version, payload)
-    return table
+            gone.pop(key, None)
+    return table, gone
 
 
-@given(TABLE, OPS)
-def test_a_folded_batch_leaves_the_table_as_its_records_one_by_one(table, ops):
-    batch = _fold(ops)
-    assert _as_the_sink_writes(table, batch) == _one_by_one(table, ops)
-    assert len(batch.upserts("address")) <= 3
-
-
-def _fold(ops: list) -> Batch:
-    batch = Batch()
+def _fold(ops: list) -> list[Batch]:
+    """The records as the sink batches them: one batch, split where it must be."""
+    batches = [Batch()]
     for op in ops:
         if op[0] == "up":
-            batch.upsert("address", _row(op[1], op[2], op[3]))
-        else:
-            batch.tombstone("address", op[1], op[2])
-    return batch
+            batches[-1].upsert("address", _row(op[1], op[2], op[3]))
+            continue
+        if batches[-1].splits_at("address", op[1], op[2]):
+            batches.append(Batch())
+        batches[-1].tombstone("address", op[1], op[2])
+    return batches
 
 
-@given(TABLE, OPS, OPS)
-def test_batches_split_anywhere_and_written_twice_change_nothing(table, first, second):
+def _write(state: State, batches: list[Batch]) -> State:
+    for batch in batches:
+        state = _as_the_sink_writes(state, batch)
+    return state
+
+
+@given(STATE, OPS)
+def test_a_folded_batch_leaves_the_table_as_its_records_one_by_one(state, ops):
+    batches = _fold(ops)
+    assert _write(state, batches) == _one_by_one(state, ops)
+    assert all(len(batch.upserts("address")) <= 3 for batch in batches)
+    # Only a tombstone without a version after an upsert of its key splits a batch.
+    assert len(batches) <= 1 + sum(1 for op in ops if op[0] == "gone" and op[2] is None)
+
+
+@given(STATE, OPS, OPS)
+def test_batches_split_anywhere_and_written_twice_change_nothing(state, first, second):
     """A batch written again (its commit lost with the connection) or records split into
     other batches (a restart) leave the same table."""
-    whole = _one_by_one(table, first + second)
-    once = _as_the_sink_writes(_as_the_sink_writes(table, _fold(first)), _fold(second))
+    whole = _one_by_one(state, first + second)
+    once = _write(_write(state, _fold(first)), _fold(second))
     assert once == whole
-    twice = _as_the_sink_writes(_as_the_sink_writes(table, _fold(first)), _fold(first))
-    assert _as_the_sink_writes(twice, _fold(second)) == whole
+    twice = _write(_write(state, _fold(first)), _fold(first))
+    assert _write(twice, _fold(second)) == whole
+
+
+def test_a_late_record_of_a_retired_address_stays_out():
+    batches = _fold([("up", "a", 3, 1), ("gone", "a", 3)])
+    state = _write(({}, {}), batches)
+    assert state == ({}, {"a": 3})
+    late = _fold([("up", "a", 2, 0), ("up", "a", 3, 1)])
+    assert _write(state, late) == state
+    reborn = _fold([("up", "a", 4, 2)])
+    assert _write(state, reborn) == ({"a": (4, 2)}, {})
+
+
+def test_a_tombstone_without_a_version_after_an_upsert_starts_a_new_batch():
+    batches = _fold([("up", "a", 1, 0), ("gone", "b", None), ("gone", "a", None)])
+    assert [len(b.upserts("address")) for b in batches] == [1, 0]
+    assert [list(b.deleted) for b in batches] == [["b"], ["a"]]
+
+
+# ("up", key, version, recipient or None): a status record; the spec keeps a row's
+# recipient when a newer record has none.
+STATUS_OPS = st.lists(
+    st.tuples(KEYS, VERSIONS, st.one_of(st.none(), st.sampled_from(["x@a.example", "y@b"]))),
+    max_size=10,
+)
+
+
+@given(STATUS_OPS)
+def test_a_folded_batch_keeps_each_messages_recipient(ops):
+    expected: dict[str, tuple[int, str | None]] = {}
+    for key, version, recipient in ops:
+        stored = expected.get(key)
+        if applies(None if stored is None else stored[0], version):
+            expected[key] = (version, recipient or (stored[1] if stored else None))
+    batch = Batch()
+    for key, version, recipient in ops:
+        batch.upsert("status", (key, "D1", recipient, "sent", version))
+    assert {row[0]: (row[-1], row[2]) for row in batch.upserts("status")} == expected
+
+
+def test_the_delivery_log_keeps_the_recipient_of_the_events_through_an_expiry():
+    """The workers' status records carry the recipient of the event that made the change
+    (not kept in the message's state) and none after an expiry; the row keeps it."""
+    messages: dict[str, Any] = {}
+    fp = FeedbackProcessor(messages, {}, {}, default_qualifier(), PipelineConfig())
+    sent = fp.process("send", event("M1", "relayed", 0, validity_seconds=3600), 0, 1)
+    again = fp.process("send", event("M1", "relayed", 0, validity_seconds=3600), 0, 1)
+    expired = fp.tick(JAN_2026 + 3_600_001, 0, 2)
+    records = [o.value for o in sent + again + expired if o.topic == "status"]
+    recipients = [(r["version"], r["recipient"]) for r in records]
+    assert recipients == [(1, "m1@example.org"), (1, "m1@example.org"), (2, None)]
+    assert "m1@example.org" not in repr(messages)
+    batch = Batch()
+    for record in records:
+        batch.upsert("status", to_row("status", record))
+    [row] = batch.upserts("status")
+    assert (row[STATUS_COLUMNS.index("status")], row[2]) == ("failed", "m1@example.org")
 
 
 def test_status_tombstones_leave_the_delivery_log():
