@@ -41,6 +41,7 @@ reliability: $(STAMP)
 # ingest routes and the operator API, then one worker against the aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/qualify_speed.py
+	$(BIN)/python benchmarks/step_cost.py
 	$(BIN)/python benchmarks/event_time_gap.py
 	$(BIN)/python benchmarks/convert_speed.py
 	$(BIN)/python benchmarks/ingest_http.py

@@ -24,8 +24,8 @@ class SharedBudget:
         import rocksdict  # the optional RocksDB extra: only a worker that uses it loads it
 
         self.cache = rocksdict.Cache(cache_bytes)
-        # Memtables are charged to the cache; half of it at most, so that reads keep the
-        # other half. No stall: a write that finds the budget full triggers a flush.
+        # Memtables are charged to the cache: half of it (one memtable if that is more),
+        # so that reads keep the rest. No stall: a write that finds it full makes a flush.
         self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
             max(cache_bytes // 2, write_buffer_bytes), False, self.cache
         )
