@@ -37,8 +37,9 @@ reliability: $(STAMP)
 		tests/e2e/test_producer_outage.py tests/e2e/test_fuzz.py tests/e2e/test_security.py
 	$(BIN)/python benchmarks/soak.py --duration 600
 
-# Qualifier speed, a gap in event time in the control step, the MTA adapters, the HTTP
-# ingest routes and the operator API, then one worker against the aiokafka baseline (one JSON line each).
+# Qualifier speed, the steps per event in process, a gap in event time in the control step,
+# the MTA adapters, the HTTP ingest routes and the operator API, then one worker against the
+# aiokafka baseline (one JSON line each).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/qualify_speed.py
 	$(BIN)/python benchmarks/step_cost.py
