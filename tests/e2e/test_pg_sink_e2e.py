@@ -1,5 +1,6 @@
 """``mta-feedback sink-postgres`` SIGKILLed three times while a worker's outputs pour in,
-and its database connections cut once (pg_terminate_backend, as a server restart does):
+and the PostgreSQL server restarted once (where this machine runs it as a Debian cluster,
+as CI does; elsewhere the sink's connections are cut, which is what it sees of a restart):
 the delivery log, address table and delivery indicators then equal ``replay``'s final
 state for the same input, row for row, each delivery-log row with its input's recipient.
 Nothing lost (offsets are stored with the rows), nothing doubled (a batch is in the
@@ -13,6 +14,7 @@ anyway (it seeks to those stored in the database), which this also shows.
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +40,19 @@ pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.postgres]
 ADMIN_DSN = PgSettings.from_env().dsn
 KILLS = 3
 PRODUCE_S = 12.0
+
+
+def restart_server(dsn: str) -> None:
+    """Restart the Debian cluster that serves port 5432; without one, cut the sink's
+    connections to ``dsn`` instead."""
+    lister = shutil.which("pg_lsclusters")
+    listed = subprocess.run([lister, "-h"], capture_output=True, text=True) if lister else None
+    for line in listed.stdout.splitlines() if listed else []:
+        version, name, port, status = line.split()[:4]
+        if port == "5432" and status == "online":
+            subprocess.run(["pg_ctlcluster", version, name, "restart"], check=True, timeout=120)
+            return
+    assert terminate_backends(ADMIN_DSN, dsn) >= 1
 
 
 class Sink:
@@ -126,7 +141,7 @@ def tables(dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 @pytest.mark.timeout(180)
-def test_sink_killed_and_cut_off_keeps_tables_equal_to_replay(make_settings, tmp_path):
+def test_sink_killed_and_its_server_restarted_keeps_tables_equal_to_replay(make_settings, tmp_path):
     settings = make_settings()
     events = SampleCampaign(recipients=800, seed=5).events()
     expected = expected_tables(events)
@@ -147,8 +162,8 @@ def test_sink_killed_and_cut_off_keeps_tables_equal_to_replay(make_settings, tmp
                 # Kill once this sink has committed something: mid-stream.
                 before = wait_for_progress(dsn, before, tmp_path / "sink.log")
                 if kill == 1:
-                    # The database drops the sink's connections: it reconnects and goes on.
-                    assert terminate_backends(ADMIN_DSN, dsn) >= 1
+                    # The server goes away and comes back: the sink waits, then goes on.
+                    restart_server(dsn)
                     wait_for_log(tmp_path / "sink.log", "is back after")
                     before = wait_for_progress(dsn, written(dsn), tmp_path / "sink.log")
                 time.sleep(pace.uniform(0.0, 0.4))
