@@ -304,21 +304,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            raw = env.get(name)
-            if raw is None:
-                continue
-            try:
-                values[f.name] = f.metadata["parse"](raw.strip())
-            except ValueError as exc:
-                shown, detail = MASK if f.metadata["secret"] else mask_secrets(raw), str(exc)
-                for secret in [raw] if f.metadata["secret"] else url_secrets(raw):
-                    detail = detail.replace(secret, MASK)
-                raise ConfigError(f"{name}={shown!r}: {detail}") from None
-        settings = cls(**values)
+        settings = cls(**parse_env(cls, environ))
         settings._check()
         return settings
 
@@ -419,6 +405,29 @@ class Settings:
                 f"{self.sasl_mechanism} (check MTA_SASL_USERNAME / MTA_SASL_PASSWORD / "
                 f"MTA_SASL_MECHANISM): {err.str()}"
             )
+
+
+def parse_env(
+    cls: type, environ: Mapping[str, str] | None, mask: Callable[[str], str] = mask_secrets
+) -> dict[str, Any]:
+    """The values of ``cls``'s ``_var`` fields that ``environ`` (default: the process's) sets,
+    parsed. A bad one raises ConfigError naming its variable, the value as ``mask`` shows it
+    (a secret field's not at all), and the parser's message with the value's secrets masked."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        name = f.metadata["env"]
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            shown, detail = MASK if f.metadata["secret"] else mask(raw), str(exc)
+            for secret in [raw] if f.metadata["secret"] else url_secrets(raw):
+                detail = detail.replace(secret, MASK)
+            raise ConfigError(f"{name}={shown!r}: {detail}") from None
+    return values
 
 
 class KafkaAuthError(ConfigError):

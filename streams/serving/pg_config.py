@@ -4,13 +4,11 @@ fails fast naming it, and the DSN's password never shows when printed."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
 
-from streams.runtime.config import ConfigError, _float, _int, _text, _var
+from streams.runtime.config import _float, _int, _text, _var, parse_env
 from streams.runtime.secrets import MASK, mask_secrets
 
 # ``password=...`` in a key/value connection string (quoted or not).
@@ -61,18 +59,7 @@ class PgSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PgSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            raw = env.get(name)
-            if raw is None:
-                continue
-            try:
-                values[f.name] = f.metadata["parse"](raw.strip())
-            except ValueError as exc:
-                raise ConfigError(f"{name}={mask_dsn(raw)!r}: {exc}") from None
-        return cls(**values)
+        return cls(**parse_env(cls, environ, mask_dsn))
 
     def group_id(self, app_id: str) -> str:
         return self.group or f"{app_id}.sink-postgres"
