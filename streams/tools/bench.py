@@ -1,4 +1,5 @@
-"""``mta-feedback bench``: the full pipeline in one worker process against a raw baseline.
+"""``mta-feedback bench``: the full pipeline in one worker process (or ``--workers N`` in
+one consumer group) against a raw baseline.
 
 In one run, on the same broker and the same events:
 
@@ -8,7 +9,9 @@ In one run, on the same broker and the same events:
    baseline's work, so the cost of Faust's per-event path is shown apart from ours;
 4. pipeline: one worker (decode, qualify, status, address, KPI, reputation, throttle,
    outputs) started on the pre-loaded topics; its rate is measured from its first
-   committed offset to the last, so group join and start-up are left out;
+   committed offset to the last, so group join and start-up are left out; with
+   ``--workers N``, N workers in one group, timed once they have all synced the same
+   group generation (``bench_group``), their CPU summed;
 5. latency: events produced at 50% (``--latency-load``) of the measured pipeline rate;
    end-to-end latency is event produced → its message's first status record consumed,
    beside the machine's CPU use meanwhile (worker, broker and generator share it);
@@ -19,7 +22,7 @@ In one run, on the same broker and the same events:
    worker's RSS growth from start-up to after the backlog, once its output buffers have
    drained and it has given freed heap back (``rss_mb_per_million_messages``), and its
    peak RSS growth, buffers of the backlog's busiest moment and all, each per million
-   tracked messages.
+   tracked messages; with N workers, every RSS figure is the sum over the N.
 
 Prints one JSON line.
 """
@@ -29,23 +32,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.codec import Codec
 from streams.runtime.config import Settings
-from streams.runtime.gc_tuning import TRIM_INTERVAL_S
 from streams.runtime.producer import EventProducer
 from streams.testing import latency as feedback_latency
 from streams.testing.latency import FirstSeen, figures
 from streams.testing.sample import SampleCampaign
 from streams.testing.services import free_port
-from streams.testing.worker import WorkerProcess, committed_input
+from streams.tools import bench_group
+from streams.tools.bench_group import machine_busy
 from streams.tools.progress import Bar, progress_bar
 from streams.tools.stack import Stack, answers, broker_address
 
@@ -112,76 +114,6 @@ async def _baseline(settings: Settings, total: int) -> float:
     return seen / (time.monotonic() - (started or time.monotonic()))
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs so far, from /proc/stat."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return sum(ticks) - idle, sum(ticks)
-
-
-class _Run(NamedTuple):
-    eps: float
-    cpu_ms_per_1k: float  # worker CPU per 1,000 events: steadier than eps on a shared machine
-    start_rss_mb: float
-    worker: WorkerProcess
-    # RSS (MB) once the backlog is done and the worker has settled (the pipeline's).
-    settled_rss_mb: float = 0.0
-
-
-def _pipeline(settings: Settings, total: int, log: Path, module: str | None = None) -> _Run:
-    """Events/s and CPU per event of one worker (the pipeline's, or another Faust worker
-    ``module``) over the pre-loaded topics, and its RSS (MB) before any."""
-    worker = WorkerProcess(settings, log, views=False, module=module).start()
-    worker.wait_ready(120)
-    assert worker.proc is not None
-    pid = worker.proc.pid
-    start_rss = _rss_mb(pid)
-    first_at = None
-    done = 0
-    deadline = time.monotonic() + 1800
-    while done < total and time.monotonic() < deadline:
-        done = committed_input(settings)
-        if first_at is None and done > 0:
-            first_at, first_done, first_cpu = time.monotonic(), done, _cpu_s(pid)
-        time.sleep(0.25)
-    if first_at is None or done < total:
-        tail = worker.tail()
-        worker.stop()
-        raise RuntimeError(f"{log.name}: processed {done} of {total} events:\n{tail}")
-    if done == first_done:
-        worker.stop()
-        raise RuntimeError(f"all {total} events were committed at once: too few to time")
-    eps = (done - first_done) / (time.monotonic() - first_at)
-    cpu = (_cpu_s(pid) - first_cpu) / (done - first_done) * 1e6
-    settled = 0.0
-    if module is None:
-        # Output buffers drain after the last commit, and the worker gives the freed heap
-        # back every TRIM_INTERVAL_S: what stays is what the tables hold.
-        time.sleep(TRIM_INTERVAL_S + 2)
-        settled = _rss_mb(pid)
-    return _Run(eps, cpu, start_rss, worker, settled)
-
-
 def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> dict[str, Any]:
     """Produce relayed events at ``rate``/s, their event times 1 ms apart from ``from_ms``;
     latency to each message's first status record."""
@@ -216,14 +148,14 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
             producer.send("send", relayed("warm-up", from_ms))
             producer.flush(10)
             follower.wait_for({"LAT-warm-up"})
-            start, busy_before = time.monotonic(), _machine_busy()
+            start, busy_before = time.monotonic(), machine_busy()
             for i, (mid, key, value) in enumerate(records):
                 due = start + i / rate
                 while (delay := due - time.monotonic()) > 0:
                     time.sleep(min(delay, 0.01))
                 producer.produce_raw(topic, key, value)
                 sent[mid] = time.monotonic()
-            busy_after = _machine_busy()
+            busy_after = machine_busy()
         follower.wait_for(set(sent), timeout=120)
     result = figures(sent, follower.seen)
     busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
@@ -258,14 +190,19 @@ def run(
     load: float = 0.5,
     store: str | None = None,
     feedback_triggers: int = 200,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The measures of this module's docstring; with stderr a terminal, a bar shows the phase.
-    ``store`` replaces MTA_STORE for the worker."""
+    ``store`` replaces MTA_STORE for the worker; ``workers`` pipeline workers share a group."""
     base = base or Settings.from_env()
+    if error := bench_group.group_error(workers, base.partitions):
+        raise ValueError(error)
     if store:
         base = dataclasses.replace(base, store=store)
     with progress_bar("bench", len(_PHASES), unit="phases") as bar:
-        return _measure(n_events, seed, latency_seconds, base, load, feedback_triggers, bar)
+        return _measure(
+            n_events, seed, latency_seconds, base, load, feedback_triggers, workers, bar
+        )
 
 
 def _phase(bar: Bar, name: str) -> None:
@@ -279,6 +216,7 @@ def _measure(
     base: Settings,
     load: float,
     triggers: int,
+    workers: int,
     bar: Bar,
 ) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}"
@@ -290,7 +228,7 @@ def _measure(
     stack = Stack(settings)
     broker_was_up = answers(*broker_address(settings))
     stack.up()
-    worker: WorkerProcess | None = None
+    group: bench_group.Run | None = None
     try:
         _phase(bar, "producing events")
         events = _events(n_events, seed, "B")
@@ -302,16 +240,21 @@ def _measure(
         run_dir = Path(settings.run_dir)
         bare_settings = dataclasses.replace(settings, app_id=f"{prefix}-bare")
         _phase(bar, "bare Faust agent")
-        bare = _pipeline(bare_settings, len(events), run_dir / f"{prefix}-bare.log", BARE_AGENT)
-        bare.worker.stop()
+        broker_pid = next((s.pid for s in stack.status() if s.name == "broker"), None)
+        bare_log = run_dir / f"{prefix}-bare.log"
+        bare = bench_group.run(
+            bare_settings, len(events), bare_log, BARE_AGENT, broker_pid=broker_pid
+        )
+        bare.stop()
         print(f"bare Faust agent {bare.eps:.0f} events/s", file=sys.stderr)
         _phase(bar, "pipeline worker")
-        measured = _pipeline(settings, len(events), run_dir / f"{prefix}-worker.log")
-        pipeline, start_rss, worker = measured.eps, measured.start_rss_mb, measured.worker
+        print(f"pipeline: {workers} worker(s) in one group", file=sys.stderr)
+        log = run_dir / f"{prefix}-worker.log"
+        group = bench_group.run(settings, len(events), log, workers=workers, broker_pid=broker_pid)
+        pipeline, start_rss = group.eps, group.start_rss_mb
         print(f"pipeline {pipeline:.0f} events/s", file=sys.stderr)
-        assert worker.proc is not None
         messages = len({e["message_id"] for _, e in events})
-        rss_mb = _peak_rss_mb(worker.proc.pid)
+        rss_mb = group.peak_rss_total_mb()
         # Event time goes on from the loaded events: a jump of days would make the worker
         # expire and retire the loaded messages at once (a 1 s stall in the first seconds).
         last_ms = max(event["event_time"] for _, event in events)
@@ -325,12 +268,13 @@ def _measure(
             "store": settings.store,
             "events": len(events),
             "tracked_messages": messages,
+            "workers": workers,
             "pipeline_eps": round(pipeline, 1),
             "baseline_eps": round(baseline, 1),
             "ratio": round(pipeline / baseline, 3),
             "bare_agent_eps": round(bare.eps, 1),
             "bare_agent_ratio": round(bare.eps / baseline, 3),
-            "worker_cpu_ms_per_1k_events": round(measured.cpu_ms_per_1k, 1),
+            "worker_cpu_ms_per_1k_events": round(group.cpu_ms_per_1k, 1),
             "bare_agent_cpu_ms_per_1k_events": round(bare.cpu_ms_per_1k, 1),
             **latency,
             "feedback_triggers": feedback["triggers"],
@@ -342,23 +286,28 @@ def _measure(
             # Peak growth over the start-up footprint, scaled to a million tracked messages:
             # buffers and caches that do not grow with the state count in it.
             "peak_growth_mb_per_million_messages": round((rss_mb - start_rss) / messages * 1e6, 1),
-            "settled_rss_mb": round(measured.settled_rss_mb, 1),
+            "settled_rss_mb": round(group.settled_rss_mb, 1),
             # What the tracked state costs: RSS growth from start-up to after the backlog,
             # once the worker settled, per million tracked messages (warm-up included).
             "rss_mb_per_million_messages": round(
-                (measured.settled_rss_mb - start_rss) / messages * 1e6, 1
+                (group.settled_rss_mb - start_rss) / messages * 1e6, 1
             ),
         }
     finally:
-        if worker is not None:
-            worker.stop()
+        if group is not None:
+            group.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         if not broker_was_up:
             stack.down()
 
 
 def main(
-    n_events: int, seed: int, load: float = 0.5, store: str | None = None, triggers: int = 200
+    n_events: int,
+    seed: int,
+    load: float = 0.5,
+    store: str | None = None,
+    triggers: int = 200,
+    workers: int = 1,
 ) -> int:
     if not 0 < load <= 1:
         print("mta-feedback bench: --latency-load must be in (0, 1]", file=sys.stderr)
@@ -366,5 +315,18 @@ def main(
     if triggers < 1:
         print("mta-feedback bench: --feedback-triggers must be at least 1", file=sys.stderr)
         return 2
-    print(json.dumps(run(n_events, seed, load=load, store=store, feedback_triggers=triggers)))
+    base = Settings.from_env()
+    if error := bench_group.group_error(workers, base.partitions):
+        print(f"mta-feedback bench: {error}", file=sys.stderr)
+        return 2
+    result = run(
+        n_events,
+        seed,
+        base=base,
+        load=load,
+        store=store,
+        feedback_triggers=triggers,
+        workers=workers,
+    )
+    print(json.dumps(result))
     return 0

@@ -240,7 +240,14 @@ def cmd_status(args: argparse.Namespace, store: ViewStore) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams.tools import bench
 
-    return bench.main(args.events, args.seed, args.latency_load, args.store, args.feedback_triggers)
+    return bench.main(
+        args.events,
+        args.seed,
+        args.latency_load,
+        args.store,
+        args.feedback_triggers,
+        args.workers,
+    )
 
 
 @_with_views
@@ -395,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         choices=("memory://", "rocksdb://"),
         help="the worker's table store (default: MTA_STORE)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pipeline workers in one consumer group, at most MTA_PARTITIONS (default 1)",
     )
     p = add("throttle", cmd_throttle, "show throttle settings from the Redis mirror")
     p.add_argument("key", nargs="?", help="e.g. group:google, domain:example.org")

@@ -9,9 +9,14 @@ from streams.tools import bench
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
 
-def test_bench_measures_every_figure(make_settings):
-    result = bench.run(20_000, latency_seconds=2.0, base=make_settings(), feedback_triggers=20)
+# Two workers: one consumer group over the same topics, its rate and summed CPU and RSS.
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bench_measures_every_figure(make_settings, workers):
+    result = bench.run(
+        20_000, latency_seconds=2.0, base=make_settings(), feedback_triggers=20, workers=workers
+    )
     assert result["events"] == 20_000
+    assert result["workers"] == workers
     assert 0 < result["tracked_messages"] < result["events"]
     for rate in ("baseline_eps", "bare_agent_eps", "pipeline_eps"):
         assert result[rate] > 0, rate
