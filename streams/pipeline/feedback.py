@@ -40,17 +40,17 @@ from typing import Any
 from streams.domain.bounce.qualifier import Qualifier
 from streams.domain.recipient import address_health, message_status
 from streams.domain.recipient.address_health import AddressState, QuarantinePolicy
-from streams.domain.recipient.delivery_kpi import KpiCounts, KpiDelta, kpi_delta
+from streams.domain.recipient.delivery_kpi import kpi_delta
 from streams.domain.recipient.message_status import MessageState, MessageView, ValidityPolicy
 from streams.domain.types import Qualification
 from streams.pipeline.keyed_state import DueIndex, is_redelivery, write_tracked
+from streams.pipeline.kpi_parts import KpiPartials
 from streams.pipeline.records import (
     Output,
     SignalHook,
     Source,
     Store,
     address_record,
-    kpi_part_record,
     status_record,
     tombstone,
 )
@@ -58,7 +58,6 @@ from streams.pipeline.table_values import ADDRESSES, MESSAGES, RecordStore, Reti
 from streams.pipeline.topics import Topic
 
 _DAY_MS = 86_400_000
-_ZERO = KpiCounts()
 MessageRecord = Tracked[MessageState, MessageView]
 AddressRecord = Tracked[AddressState, dict[str, Any]]
 
@@ -132,64 +131,26 @@ class FeedbackProcessor:
         self.clock = 0
         self._message_due = DueIndex(self.messages)
         self._address_due = DueIndex(self.addresses)
-        # Partition → KPI sums recomputed from the messages table, not yet reconciled.
-        self.epoch = 0  # see reset_indexes
-        self._kpi_truth: dict[int, dict[str, KpiCounts]] | None = None
-        self._kpi_checked: set[int] = set()
-        # Partition → delivery id → (counts change, retired change) not yet in kpi_parts.
-        # Partials are written and published once per tick, not once per event: a crash
-        # loses only these, and the reconciliation after the restart redoes them.
-        self._kpi_pending: dict[int, dict[str, tuple[KpiCounts, KpiCounts]]] = {}
+        self._kpis = KpiPartials(kpi_parts)
 
     def reset_indexes(self, epoch: int = 0) -> None:
         """Call after a rebalance: due indexes and KPI checks are redone lazily. ``epoch``
         is a number larger than any version this partition's KPI partials could have had
-        before (the worker gives the wall clock in microseconds): see ``_reconcile_kpis``."""
-        self.epoch = epoch
+        before (the worker gives the wall clock in microseconds): see ``KpiPartials``."""
         self._message_due.reset()
         self._address_due.reset()
-        self._kpi_truth = None
-        self._kpi_checked.clear()
-        self._kpi_pending.clear()
+        self._kpis.reset(epoch)
 
     def restore_clock(self) -> None:
         """Catch the clock up with the one stored by the ticks of this or earlier workers."""
         self.clock = max(self.clock, max(self.clocks.values(), default=0))
 
     def _reconcile_kpis(self, partition: int, out: list[Output]) -> None:
-        """Make the partition's KPI partials agree with its messages table.
-
-        A message write and its partial's write go to two changelogs; a crash between them
-        would leave the partial off for good, since the redelivered event then changes no
-        message. So the first time a partition is seen after a start or a rebalance, its
-        partials are recomputed from the messages (the authority) plus the retired counts of
-        messages that left the table, and published again, each at a version of at least
-        ``epoch``: a crash can also lose a partial's own changelog write after its record
-        went out, and its next version would then be one the aggregator already has.
-        """
-        if self._kpi_truth is None:
-            self._kpi_truth = {}
-            for _mid, rec in self.messages.tracked():
-                sums = self._kpi_truth.setdefault(rec.partition, {})
-                delivery_id = rec.state.delivery_id
-                sums[delivery_id] = sums.get(delivery_id, KpiCounts()).add(
-                    kpi_delta(None, rec.view)
-                )
-        truth = self._kpi_truth.pop(partition, {})
-        self._kpi_checked.add(partition)
-        suffix = f"|{partition}"
-        keys = {k for k in self.kpi_parts if k.endswith(suffix)}
-        keys |= {f"{d}{suffix}" for d in truth}
-        for key in keys:
-            delivery_id = key[: -len(suffix)]
-            rec = self.kpi_parts.get(key)
-            retired = KpiCounts.from_dict(rec["r"]) if rec else KpiCounts()
-            want = (truth.get(delivery_id, KpiCounts()) + retired).to_dict()
-            if rec is None or rec["c"] != want or rec["v"] < self.epoch:
-                version = max(rec["v"] + 1 if rec else 1, self.epoch)
-                new_rec = {"c": want, "r": retired.to_dict(), "v": version}
-                self.kpi_parts[key] = new_rec
-                out.append(kpi_part_record(delivery_id, partition, new_rec))
+        """The first time a partition is seen after a start or a rebalance, its KPI
+        partials are made to agree with its messages table (see ``KpiPartials``)."""
+        tracked = self.messages.tracked()
+        views = ((rec.partition, rec.state.delivery_id, rec.view) for _mid, rec in tracked)
+        self._kpis.reconcile(partition, views, out)
 
     def process(
         self,
@@ -211,7 +172,7 @@ class FeedbackProcessor:
             self.clock = max(self.clock, event["event_time"])
         q = None if operator else qualify_event(self.qualifier, family, event)
         out: list[Output] = []
-        if partition not in self._kpi_checked:
+        if partition not in self._kpis.checked:
             self._reconcile_kpis(partition, out)
         if not operator:
             self._message(found, event, q, partition, offset, family, out)
@@ -257,7 +218,7 @@ class FeedbackProcessor:
         expiry, quarantine resets and lifts, retention."""
         self.clock = max(self.clock, now_ms)
         out: list[Output] = []
-        if partition not in self._kpi_checked:
+        if partition not in self._kpis.checked:
             self._reconcile_kpis(partition, out)
         for key in self._message_due.pop_due(partition, self.clock):
             self._message_time(key, partition, offset, family, out)
@@ -302,7 +263,7 @@ class FeedbackProcessor:
             and self.clock >= state.last_seen + self.config.message_retention_ms
         ):
             # The message's contribution moves from live to retired: the counts stay.
-            self._kpi_add(partition, state.delivery_id, retired=kpi_delta(None, view))
+            self._kpis.add(partition, state.delivery_id, retired=kpi_delta(None, view))
             self._retire(
                 self.messages, self._message_due, mid, rec, self.config.message_retention_ms
             )
@@ -345,59 +306,18 @@ class FeedbackProcessor:
             if changed:
                 record = status_record(mid, state.delivery_id, view, version, self.clock, recipient)
                 out.append(record)
-                self._kpi(state.delivery_id, old_view, view, partition)
+                self._kpis.change(partition, state.delivery_id, old_view, view)
                 return
         if is_redelivery(rec, family, offset):
             assert rec is not None
             record = status_record(mid, state.delivery_id, view, rec.version, self.clock, recipient)
             out.append(record)
-            self._kpi_add(partition, state.delivery_id)
-
-    # -- delivery KPI partials ----------------------------------------------------------
-
-    def _kpi(
-        self, delivery_id: str, old: MessageView | None, new: MessageView, partition: int
-    ) -> None:
-        delta = kpi_delta(old, new)
-        if not delta.is_zero:
-            self._kpi_add(partition, delivery_id, counts=delta)
-
-    def _kpi_add(
-        self,
-        partition: int,
-        delivery_id: str,
-        counts: KpiDelta | None = None,
-        retired: KpiDelta | None = None,
-    ) -> None:
-        """Note a change of the partial; with no change, the partial is published again."""
-        pending = self._kpi_pending.setdefault(partition, {})
-        c, r = pending.get(delivery_id, (_ZERO, _ZERO))
-        pending[delivery_id] = (
-            c if counts is None else c.add(counts),
-            r if retired is None else r.add(retired),
-        )
+            self._kpis.add(partition, state.delivery_id)
 
     def flush_kpis(self, partition: int) -> list[Output]:
         """Write the partition's pending KPI partial changes and publish each changed
         partial once (called on every tick of the partition)."""
-        out: list[Output] = []
-        for delivery_id, (c, r) in self._kpi_pending.pop(partition, {}).items():
-            key = f"{delivery_id}|{partition}"
-            rec = self.kpi_parts.get(key)
-            if c == _ZERO and r == _ZERO:
-                if rec is not None:
-                    out.append(kpi_part_record(delivery_id, partition, rec))
-                continue
-            counts = KpiCounts.from_dict(rec["c"]) + c if rec else c
-            retired = KpiCounts.from_dict(rec["r"]) + r if rec else r
-            # Retiring messages moves counts, it does not change them: same version, unsent.
-            publish = c != _ZERO or rec is None
-            version = max(1, self.epoch) if rec is None else rec["v"] + 1 if publish else rec["v"]
-            new_rec = {"c": counts.to_dict(), "r": retired.to_dict(), "v": version}
-            self.kpi_parts[key] = new_rec
-            if publish:
-                out.append(kpi_part_record(delivery_id, partition, new_rec))
-        return out
+        return self._kpis.flush(partition)
 
     # -- address health -------------------------------------------------------------------
 
@@ -432,9 +352,8 @@ class FeedbackProcessor:
             del self.addresses[address]  # its marker's time is over
             return
         state = rec.state
-        view = address_health.view(state, self.clock)
         if (
-            view.state == address_health.VALID
+            address_health.health_at(state, self.clock).state == address_health.VALID
             and state.max_seen is not None
             and self.clock >= state.max_seen + self.config.address_retention_ms
         ):
@@ -460,17 +379,17 @@ class FeedbackProcessor:
         # An operator's action may be ahead of the clock (it does not move it): the record
         # then bears the action's time, as the view does.
         now = self.clock if state.max_seen is None else max(self.clock, state.max_seen)
-        view = address_health.view(state, now)
+        health = address_health.health_at(state, now)
         shown = {
-            "state": view.state,
-            "error_count": view.error_count,
-            "reason": view.reason,
-            "last_error_time": view.last_error_at,
+            "state": health.state,
+            "error_count": health.error_count,
+            "reason": health.reason,
+            "last_error_time": health.last_error_at,
         }
         changed = rec is None or shown != rec.view
         if changed or state_changed:
             due = state.resets_at if (state.resets_at or -1) >= self.clock else None
-            if due is None and view.state == address_health.VALID and state.max_seen is not None:
+            if due is None and health.state == address_health.VALID and state.max_seen is not None:
                 due = state.max_seen + self.config.address_retention_ms
             version = write_tracked(
                 self.addresses,

@@ -22,8 +22,9 @@ Format history (a reader accepts every one of them):
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 import msgpack
@@ -36,6 +37,12 @@ FORMAT = 1
 RETIRED_FORMAT = 2
 _HEADER = struct.Struct("<BHq")
 NO_DUE = -(2**63)
+_FORMATS = (FORMAT, RETIRED_FORMAT)
+# How many records a ``RecordStore`` keeps decoded after writing them: the next event of a
+# message or an address mostly comes soon after its last one, and its read is then a
+# comparison of bytes instead of a decoding. Records are never changed in place (a step
+# writes a new one), so the same object may be handed out again.
+RECENT = 4096
 S = TypeVar("S")
 V = TypeVar("V")
 
@@ -71,126 +78,96 @@ class Retired:
 # -- messages -------------------------------------------------------------------------
 
 
-def _fact(f: ErrorFact | None) -> list[Any] | None:
-    if f is None:
-        return None
-    return [f.time, f.event_id, f.failure_type, f.reason, f.bounce_class, f.rule]
+# msgpack writes a tuple as it writes a list, so fields are read out with ``attrgetter``
+# (one C call per object) and (time, id) pairs are written as they are.
+_fact_fields = attrgetter("time", "event_id", "failure_type", "reason", "bounce_class", "rule")
+_message_fields = attrgetter(
+    "delivery_id",
+    "first_seen",
+    "last_seen",
+    "validity_ms",
+    "validity_from",
+    "relayed_at",
+    "delivered_at",
+    "expired_at",
+    "complained_at",
+    "hard_sync",
+    "hard_async",
+    "last_error",
+    "attempts",
+    "last_deferral",
+    "next_attempt_time",
+    "errored",
+)
+_view_fields = attrgetter(*(f.name for f in fields(MessageView)))
+
+
+def _fact(f: ErrorFact | None) -> tuple[Any, ...] | None:
+    return None if f is None else _fact_fields(f)
 
 
 def _unfact(v: list[Any] | None) -> ErrorFact | None:
-    return None if v is None else ErrorFact(v[0], v[1], v[2], v[3], v[4], v[5])
-
-
-def _pair(k: tuple[int, str] | None) -> list[Any] | None:
-    return None if k is None else [k[0], k[1]]
-
-
-def _unpair(v: list[Any] | None) -> tuple[int, str] | None:
-    return None if v is None else (v[0], v[1])
+    return None if v is None else ErrorFact(*v)
 
 
 def _message_state(s: MessageState) -> list[Any]:
-    return [
-        s.delivery_id,
-        s.first_seen,
-        s.last_seen,
-        s.validity_ms,
-        _pair(s.validity_from),
-        s.relayed_at,
-        s.delivered_at,
-        s.expired_at,
-        s.complained_at,
-        _fact(s.hard_sync),
-        _fact(s.hard_async),
-        _fact(s.last_error),
-        s.attempts,
-        _pair(s.last_deferral),
-        s.next_attempt_time,
-        s.errored,
-    ]
+    a = list(_message_fields(s))
+    hard_sync, hard_async, last_error = a[9:12]
+    if hard_sync is not None or hard_async is not None or last_error is not None:
+        a[9:12] = _fact(hard_sync), _fact(hard_async), _fact(last_error)
+    return a
 
 
 def _message_state_from(key: str, a: list[Any]) -> MessageState:
-    return MessageState(
-        message_id=key,
-        delivery_id=a[0],
-        first_seen=a[1],
-        last_seen=a[2],
-        validity_ms=a[3],
-        validity_from=_unpair(a[4]),
-        relayed_at=a[5],
-        delivered_at=a[6],
-        expired_at=a[7],
-        complained_at=a[8],
-        hard_sync=_unfact(a[9]),
-        hard_async=_unfact(a[10]),
-        last_error=_unfact(a[11]),
-        attempts=a[12],
-        last_deferral=_unpair(a[13]),
-        next_attempt_time=a[14],
-        errored=a[15],
-    )
+    s = MessageState(key, *a)
+    # The nested values come back as lists.
+    if a[4] is not None:
+        s.validity_from = (a[4][0], a[4][1])
+    if a[13] is not None:
+        s.last_deferral = (a[13][0], a[13][1])
+    if a[9] is not None or a[10] is not None or a[11] is not None:
+        s.hard_sync, s.hard_async, s.last_error = _unfact(a[9]), _unfact(a[10]), _unfact(a[11])
+    return s
 
 
-def _message_view(v: MessageView) -> list[Any]:
-    return [
-        v.status,
-        v.failure_type,
-        v.failure_reason,
-        v.bounce_class,
-        v.rule,
-        v.attempts,
-        v.next_attempt_time,
-        v.complained,
-        v.has_error,
-    ]
+def _message_view(v: MessageView) -> tuple[Any, ...]:
+    return _view_fields(v)  # type: ignore[no-any-return]
 
 
 def _message_view_from(a: list[Any]) -> MessageView:
-    return MessageView(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8])
+    return MessageView(*a)
 
 
 # -- addresses ------------------------------------------------------------------------
 
 
-def _health(h: Health) -> list[Any]:
-    return [
-        h.state,
-        h.error_count,
-        h.reason,
-        h.last_counted_at,
-        h.last_error_at,
-        h.last_success_at,
-        h.quarantined_at,
-        h.denylisted_at,
-        h.operator_at,
-        h.operator_event_id,
-    ]
-
-
-def _health_from(a: list[Any]) -> Health:
-    return Health(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
+_health = attrgetter(*(f.name for f in fields(Health)))
+_entry_fields = attrgetter(*(f.name for f in fields(Entry)))
 
 
 def _address_state(s: AddressState) -> list[Any]:
+    snapshot, current = s.snapshot, s.current
+    # An address's snapshot often is its current health: the same tuple, packed twice.
+    shown = _health(current)
     return [
-        _health(s.snapshot),
-        _pair(s.watermark),
-        [[e.time, e.event_id, e.kind, e.reason] for e in s.entries],
+        shown if snapshot is current else _health(snapshot),
+        s.watermark,
+        [_entry_fields(e) for e in s.entries],
         s.max_seen,
-        _health(s.current),
+        shown,
         s.resets_at,
     ]
 
 
 def _address_state_from(_key: str, a: list[Any]) -> AddressState:
+    wm = a[1]
     return AddressState(
-        snapshot=_health_from(a[0]),
-        watermark=_unpair(a[1]),
-        entries=tuple(Entry(t, i, k, r) for t, i, k, r in a[2]),
-        max_seen=a[3],
-        current=_health_from(a[4]),
-        resets_at=a[5],
+        Health(*a[0]),
+        None if wm is None else (wm[0], wm[1]),
+        tuple([Entry(*e) for e in a[2]]),
+        a[3],
+        Health(*a[4]),
+        a[5],
     )
 
 
@@ -249,7 +226,7 @@ class RecordCodec(Generic[S, V]):
         if isinstance(raw, dict) or raw[:1] == b"{":
             rec = self._from_json(raw)
             return rec.partition, rec.due
-        if len(raw) < _HEADER.size or raw[0] not in (FORMAT, RETIRED_FORMAT):
+        if len(raw) < _HEADER.size or raw[0] not in _FORMATS:
             found = raw[0] if raw else "empty"
             raise ValueFormatError(f"table value in unknown format {found!r}")
         _fmt, partition, due = _HEADER.unpack_from(raw)
@@ -299,19 +276,33 @@ class RecordStore(MutableMapping[str, Tracked[S, V] | Retired]):
         # True when ``raw`` may be written while a scan of it is under way (RocksDB: its
         # iterators read a snapshot); otherwise a scan goes over a copy of the key list.
         self.lazy_scan = lazy_scan
+        # Key → (stored value, record) of the last RECENT writes, oldest first.
+        self._recent: dict[str, tuple[Any, Tracked[S, V] | Retired]] = {}
+
+    def _decode(self, key: str, value: Any) -> Tracked[S, V] | Retired:
+        hit = self._recent.get(key)
+        # Equal bytes decode to an equal record (the table may hold a new copy of them).
+        if hit is not None and (hit[0] is value or hit[0] == value):
+            return hit[1]
+        return self.codec.decode(key, value)
 
     def __getitem__(self, key: str) -> Tracked[S, V] | Retired:
-        return self.codec.decode(key, self.raw[key])
+        return self._decode(key, self.raw[key])
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.raw.get(key)
-        return default if value is None else self.codec.decode(key, value)
+        return default if value is None else self._decode(key, value)
 
     def __setitem__(self, key: str, rec: Tracked[S, V] | Retired) -> None:
-        self.raw[key] = self.codec.encode(rec)
+        value = self.raw[key] = self.codec.encode(rec)
+        recent = self._recent
+        if recent.pop(key, None) is None and len(recent) >= RECENT:
+            del recent[next(iter(recent))]
+        recent[key] = (value, rec)
 
     def __delitem__(self, key: str) -> None:
         del self.raw[key]
+        self._recent.pop(key, None)
 
     def __contains__(self, key: object) -> bool:
         return key in self.raw
@@ -337,11 +328,17 @@ class RecordStore(MutableMapping[str, Tracked[S, V] | Retired]):
     def due_times(self) -> Iterator[tuple[str, int, int | None]]:
         """(key, partition, due time) of every record, bodies left undecoded; the table may
         be written between two steps of the iteration."""
+        items: Iterable[tuple[str, Any]]
         if self.lazy_scan:
-            for key, value in self.raw.items():
-                yield key, *self.codec.due_of(value)
-            return
-        for key in list(self.raw):
-            value = self.raw.get(key)
-            if value is not None:
-                yield key, *self.codec.due_of(value)
+            items = self.raw.items()
+        else:
+            get = self.raw.get
+            items = ((key, get(key)) for key in list(self.raw))
+        due_of, unpack = self.codec.due_of, _HEADER.unpack_from
+        for key, value in items:
+            # The header of a value in a current format, read here: this runs per record.
+            if type(value) is bytes and len(value) >= _HEADER.size and value[0] in _FORMATS:
+                _fmt, partition, due = unpack(value)
+                yield key, partition, None if due == NO_DUE else due
+            elif value is not None:
+                yield key, *due_of(value)

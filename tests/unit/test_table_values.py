@@ -181,3 +181,49 @@ def test_a_tracked_message_is_a_few_hundred_bytes_in_memory():
     tracemalloc.stop()
     print(f"messages table: {per_message:.0f} bytes per tracked message (keys included)")
     assert per_message < 400
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(tracked(message_states, message_views), min_size=1, max_size=6))
+def test_the_scan_reads_each_header_as_due_of_does_in_every_format(recs):
+    raw: dict = {}
+    for i, rec in enumerate(recs):
+        # Compact, retired, and the JSON format before them (as bytes and as a dict).
+        raw[f"c{i}"] = MESSAGES.encode(rec)
+        raw[f"r{i}"] = MESSAGES.encode(Retired(rec.version, 7, rec.partition, 2**40 + i))
+        raw[f"j{i}"] = _old_format(rec, rec.view.to_dict())
+        raw[f"d{i}"] = orjson.loads(raw[f"j{i}"])
+    want = [(k, *MESSAGES.due_of(v)) for k, v in raw.items()]
+    for lazy in (False, True):
+        assert list(RecordStore(raw, MESSAGES, lazy).due_times()) == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(tracked(message_states, message_views), tracked(message_states, message_views))
+def test_a_record_read_back_after_a_write_equals_the_decoded_bytes(first, second):
+    k = second.state.message_id = first.state.message_id  # a message's key is its id
+    raw: dict = {}
+    store = RecordStore(raw, MESSAGES)
+    store[k] = first
+    assert store[k] == first == MESSAGES.decode(k, raw[k])
+    # A copy of the same bytes (a table read from disk) reads the same record.
+    raw[k] = bytes(bytearray(raw[k]))
+    assert store.get(k) == first
+    # The table changed beneath the store (a changelog restore, another writer).
+    raw[k] = MESSAGES.encode(second)
+    assert store.get(k) == second and store.live(k) == second
+    del store[k]
+    assert store.get(k) is None and k not in store
+
+
+def test_the_records_kept_decoded_are_bounded_and_the_oldest_go_first(monkeypatch):
+    monkeypatch.setattr("streams.pipeline.table_values.RECENT", 3)
+
+    def rec(key: str) -> Tracked:
+        return Tracked(MessageState(key, "d", 1, 2, 3), MessageView("sent"), 1, {}, 0, None)
+
+    store = RecordStore({}, MESSAGES)
+    for key in "abcad":
+        store[key] = rec(key)
+    assert list(store._recent) == ["c", "a", "d"]
+    assert all(store[k] == rec(k) for k in "abcd")

@@ -249,9 +249,15 @@ def _resets_at(h: Health, policy: QuarantinePolicy) -> int | None:
     return None
 
 
-def _reset(h: Health) -> Health:
+def _reset(h: Health, **also: Any) -> Health:
     return replace(
-        h, state=VALID, error_count=0, reason=None, last_counted_at=None, quarantined_at=None
+        h,
+        state=VALID,
+        error_count=0,
+        reason=None,
+        last_counted_at=None,
+        quarantined_at=None,
+        **also,
     )
 
 
@@ -277,28 +283,41 @@ def _step(h: Health, e: Entry, policy: QuarantinePolicy) -> Health:
         return h
     if e.kind == "complaint":
         return replace(h, state=DENYLISTED, denylisted_at=e.time, reason=e.reason)
+    # One new Health per fact (it runs for every entry folded).
     if e.kind == "success":
-        h = replace(h, last_success_at=_later(h.last_success_at, e.time))
-        return _reset(h) if h.state == WITH_ERRORS else h
-    h = replace(h, last_error_at=_later(h.last_error_at, e.time))
+        last_success = _later(h.last_success_at, e.time)
+        if h.state == WITH_ERRORS:
+            return _reset(h, last_success_at=last_success)
+        return replace(h, last_success_at=last_success)
+    last_error = _later(h.last_error_at, e.time)
     if h.state == QUARANTINED:
-        return h
+        return replace(h, last_error_at=last_error)
     if e.kind == "hard":
-        return replace(h, state=QUARANTINED, quarantined_at=e.time, reason=e.reason)
+        return replace(
+            h, last_error_at=last_error, state=QUARANTINED, quarantined_at=e.time, reason=e.reason
+        )
     spaced = h.last_counted_at is None or e.time >= h.last_counted_at + policy.soft_spacing_s * 1000
     if not spaced:
-        return replace(h, reason=e.reason)
+        return replace(h, last_error_at=last_error, reason=e.reason)
     count = h.error_count + 1
     if count >= policy.soft_threshold:
         return replace(
             h,
+            last_error_at=last_error,
             state=QUARANTINED,
             error_count=count,
             last_counted_at=e.time,
             quarantined_at=e.time,
             reason=e.reason,
         )
-    return replace(h, state=WITH_ERRORS, error_count=count, last_counted_at=e.time, reason=e.reason)
+    return replace(
+        h,
+        last_error_at=last_error,
+        state=WITH_ERRORS,
+        error_count=count,
+        last_counted_at=e.time,
+        reason=e.reason,
+    )
 
 
 def apply(
@@ -354,10 +373,15 @@ def apply(
     )
 
 
+def health_at(state: AddressState, now_ms: int) -> Health:
+    """The folded health at clock ``now_ms`` (never earlier than the newest event)."""
+    now = now_ms if state.max_seen is None else max(now_ms, state.max_seen)
+    return _advance(state.current, now, state.resets_at)
+
+
 def view(state: AddressState, now_ms: int) -> AddressView:
     """The address health at clock ``now_ms`` (never earlier than the newest event)."""
-    now = now_ms if state.max_seen is None else max(now_ms, state.max_seen)
-    h = _advance(state.current, now, state.resets_at)
+    h = health_at(state, now_ms)
     return AddressView(
         state=h.state,
         error_count=h.error_count,

@@ -22,6 +22,7 @@ are summed with ``+``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,8 +77,13 @@ def _contribution(v: MessageView | None) -> tuple[int, ...]:
 
 def kpi_delta(old: MessageView | None, new: MessageView) -> KpiDelta:
     """How the delivery's counts change when one message goes from ``old`` to ``new``."""
-    before, after = _contribution(old), _contribution(new)
-    return KpiDelta(*(a - b for a, b in zip(after, before, strict=True)))
+    return _delta(_contribution(old), _contribution(new))
+
+
+# A few dozen pairs of contributions exist, so each delta is built once and shared.
+@functools.cache
+def _delta(b: tuple[int, ...], a: tuple[int, ...]) -> KpiDelta:
+    return KpiDelta(a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3], a[4] - b[4], a[5] - b[5])
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,4 +132,12 @@ class KpiCounts:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KpiCounts:
-        return cls(*(int(d.get(name, 0)) for name in NAMES))
+        get = d.get
+        return cls(
+            int(get("to_deliver", 0)),
+            int(get("taken_into_account", 0)),
+            int(get("sent", 0)),
+            int(get("failed_hard", 0)),
+            int(get("failed_soft", 0)),
+            int(get("bounces_errors", 0)),
+        )

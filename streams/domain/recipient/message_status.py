@@ -43,7 +43,7 @@ fixed number of fields whatever the history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from streams.domain.types import FailureType, Qualification
@@ -252,6 +252,29 @@ def _new_state(event: dict[str, Any], policy: ValidityPolicy) -> MessageState:
     )
 
 
+def _copy(s: MessageState) -> MessageState:
+    # Spelled out: dataclasses.replace reflects over the fields on every event.
+    return MessageState(
+        s.message_id,
+        s.delivery_id,
+        s.first_seen,
+        s.last_seen,
+        s.validity_ms,
+        s.validity_from,
+        s.relayed_at,
+        s.delivered_at,
+        s.expired_at,
+        s.complained_at,
+        s.hard_sync,
+        s.hard_async,
+        s.last_error,
+        s.attempts,
+        s.last_deferral,
+        s.next_attempt_time,
+        s.errored,
+    )
+
+
 def _fact(t: int, event_id: str, q: Qualification, failure_type: FailureType) -> ErrorFact:
     return ErrorFact(t, event_id, failure_type, q.failure_reason, q.bounce_class, q.rule)
 
@@ -275,7 +298,7 @@ def apply(
     t = int(event["event_time"])
     event_id = str(event["event_id"])
     kind = event["kind"]
-    s = _new_state(event, policy) if state is None else replace(state)
+    s = _new_state(event, policy) if state is None else _copy(state)
     s.first_seen = min(s.first_seen, t)
     s.last_seen = max(s.last_seen, t)
     attempt = event.get("attempt")
