@@ -341,6 +341,7 @@ def _summary(
         "failed": totals.failed,
         "soft_bounces": totals.soft_bounces,
         "deferrals": totals.rate_limited,
+        "blocks": totals.blocked,
         "hard_bounces": totals.hard_bounces,
         "complaints": totals.complaints,
         "connection_failures": totals.connection_failures,
@@ -360,6 +361,7 @@ def _summary(
                 "recipients": d.campaign.spec.recipients,
                 "soft_bounces": d.totals.soft_bounces,
                 "deferrals": d.totals.rate_limited,
+                "blocks": d.totals.blocked,
                 "time_to_deliver_s": _ttd_s(d),
                 "success_pct": round(
                     d.totals.delivered / max(1, d.campaign.spec.recipients) * 100, 2

@@ -49,7 +49,8 @@ def test_markdown_lists_seeds_medians_worst_and_the_targets():
     [line] = [x for x in text.splitlines() if x.startswith("| 2,000")]
     cols = [c.strip() for c in line.strip("|").split("|")]
     assert cols[:4] == ["2,000", "steady", "100-101", "87.5% (80.0%)"]
-    assert cols[5] == "-0.25 (-0.50)"
+    assert cols[4] == "-"  # rows without blocks: no throttle-caused figure
+    assert cols[6] == "-0.25 (-0.50)"
     assert cols[-2] == "-"
     assert cols[-1].startswith("soft (1/2: 101), time (1/2: 101)")
 
@@ -66,6 +67,26 @@ def test_a_cell_meets_targets_by_the_floor_and_recurring_relearns():
     assert all(not seeds for seeds in cell.misses.values())
     assert cell.metrics["second_vs_first"] == [0.2]
     assert "time_vs_oracle" not in cell.metrics  # no oracle run: no such figure
+
+
+def test_throttle_caused_soft_bounces_have_their_own_targets():
+    # Full mailboxes keep the total soft bounces up; deferrals + blocks fall by 95%.
+    static = row("static", 1, 200, 900, deferrals=190, blocks=10, scenario="recurring")
+    first = {"soft_bounces": 150, "deferrals": 60, "blocks": 0, "recipients": 2000}
+    second = {"soft_bounces": 100, "deferrals": 11, "blocks": 0, "recipients": 2000}
+    adaptive = row(
+        "adaptive", 1, 110, 900, deferrals=10, blocks=0, scenario="recurring",
+        campaigns=[first, second],
+    )  # fmt: skip
+    [cell] = sweep_table.build_cells([static, adaptive])
+    assert cell.metrics["throttle_cut"] == pytest.approx([0.95])
+    assert cell.metrics["second_vs_first_throttle"] == pytest.approx([11 / 60])
+    assert cell.misses["soft"] == [1] and cell.misses["relearn"] == [1]
+    assert cell.misses["soft-throttle"] == [] and cell.misses["relearn-throttle"] == []
+    # One more deferral in the second campaign than 25% and 0.5% allow: missed.
+    second["deferrals"] = 16
+    [cell] = sweep_table.build_cells([static, adaptive])
+    assert cell.misses["relearn-throttle"] == [1]
 
 
 def test_seed_lists_and_grids_parse():

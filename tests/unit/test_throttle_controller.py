@@ -95,8 +95,7 @@ def test_quiet_healthy_time_steps_back_up_to_the_maximum():
     last_negative = UNALIGNED_2023 + 19 * 3000
     for minute in range(1, 24 * 60):
         now = UNALIGNED_2023 + minute * MINUTE
-        if minute % 5 == 0:
-            loop.feed(signal(now))  # healthy traffic keeps flowing
+        loop.feed(signal(now))  # healthy traffic keeps flowing
         loop.tick(now)
     ups = loop.of("group:google")[1:]
     step = round(GOOGLE.max_rate_per_hour.baseline * GOOGLE.increase_step)
@@ -225,8 +224,11 @@ def test_automation_set_limit_holds_then_recovers():
     assert (held.max_rate_per_hour, held.max_connections) == (300, 1)
     assert "microsoft-ip-reputation" in held.reason
     assert by_key["group:microsoft"].mode == "backoff"  # the block itself
-    # Held for 90 min: no increase before, steps after.
+    # Held for 90 min: no increase before, steps after (clean sending goes on).
     for minute in range(1, 90):
+        loop.feed(
+            signal(UNALIGNED_2023 + minute * MINUTE, "delivered", "outlook.com", "microsoft", ip)
+        )
         loop.tick(UNALIGNED_2023 + minute * MINUTE)
     assert loop.of(ip_key) == [held]
     loop.tick(UNALIGNED_2023 + 90 * MINUTE)
@@ -253,10 +255,10 @@ def test_warmup_caps_new_ip_by_day():
     assert loop.tick(UNALIGNED_2023 + 86_400_000 + MINUTE) == []
     day21 = loop.tick(UNALIGNED_2023 + 20 * 86_400_000)
     assert [(s.mode, s.max_rate_per_hour) for s in day21] == [("warmup", 20000)]
-    # Past the schedule, AIMD takes over from the baseline (no growth hidden during warm-up).
+    # Past the schedule, AIMD takes over from the baseline (no growth hidden during warm-up,
+    # and none earned by an idle key).
     last = loop.tick(UNALIGNED_2023 + 30 * 86_400_000)
-    step = round(GOOGLE.max_rate_per_hour.baseline * GOOGLE.increase_step)
-    assert [(s.mode, s.max_rate_per_hour) for s in last] == [("normal", 36000 + step)]
+    assert [(s.mode, s.max_rate_per_hour) for s in last] == [("normal", 36000)]
 
 
 def test_settings_off_baseline_and_state_round_trip():
@@ -331,3 +333,43 @@ def test_bounds_versions_and_publish_on_change_hold(sequence):
             keys = (*content, "max_messages_per_connection", "retry_interval_s")
             assert any(getattr(s, k) != getattr(prev, k) for k in keys)
         last[s.key] = s
+
+
+def test_an_idle_key_does_not_climb_and_needs_no_ticks():
+    loop = Loop()
+    burst(loop)
+    end = UNALIGNED_2023 + 19 * 3000
+    # Overnight with no traffic: nothing shows that a higher limit would be safe.
+    assert loop.ctl.next_due(end + 1) is None
+    for hour in range(1, 24):
+        loop.tick(end + hour * 3_600_000)
+    assert [s.max_rate_per_hour for s in loop.of("group:google")] == [18000]
+
+
+def test_a_short_burst_earns_no_climb_but_sustained_clean_sending_does():
+    loop = Loop()
+    burst(loop)
+    start = UNALIGNED_2023 + MINUTE
+    active = GOOGLE.quiet_interval_s // 60 // 2  # minutes with deliveries a climb needs
+    for minute in range(active - 1):  # one minute short, spread over two days
+        loop.feed(signal(start + minute * 2 * 3_600_000))
+        loop.tick(start + minute * 2 * 3_600_000 + 1)
+    assert len(loop.of("group:google")) == 1
+    later = start + active * 2 * 3_600_000
+    loop.feed(signal(later))
+    up = loop.tick(later + 1)
+    assert [s.max_rate_per_hour for s in up] == [18000 + 3600]
+    assert "healthy for 30 min" in up[0].reason
+    # The evidence starts over with each change.
+    loop.feed(signal(later + GOOGLE.quiet_interval_s * 1000))
+    assert loop.tick(later + GOOGLE.quiet_interval_s * 1000 + 1) == []
+
+
+def test_state_stored_by_the_previous_version_loads():
+    loop = Loop()
+    burst(loop)
+    old = loop.ctl.state("group:google").to_dict()
+    del old["active_minutes"], old["active_minute"]
+    restored = KeyState.from_dict(old)
+    assert (restored.active_minutes, restored.active_minute) == (0, None)
+    assert restored.max_rate_per_hour == 18000

@@ -3,8 +3,9 @@
 The control step ticks only from the instant its controller names (``next_due``). These
 properties run the same signals twice: once so, once ticking every 10 s (the reference),
 and require the same output records, versions included, and the same stored state. The
-reference skips a stretch only where no key can change at all (every key at its maximum,
-not suspended, no hold, no pending automation hit, warm-up over): a check simple enough
+reference skips a stretch only where no key can change at all (every key at its maximum
+or without the active minutes a climb needs, not suspended, no hold, no pending
+automation hit, warm-up over): a check simple enough
 to read off ``ThrottleController.tick``, so gaps of up to 400 days stay affordable.
 """
 
@@ -154,12 +155,16 @@ def at_rest(controller: ThrottleController, at_ms: int) -> bool:
         if warm is not None and g.warmup_cap(max(1, (at_ms - warm) // DAY_MS + 1)) is not None:
             return False
         tops = [getattr(g, name).max for name in LIMIT_FIELDS]
+        limits = [getattr(state, name) for name in LIMIT_FIELDS]
+        # Below its maximum, a key with too few active minutes waits for a signal to climb.
+        idle = not ThrottleController._used(state, g)
         if (
             state.suspended_until is not None
             or state.counters
             or (state.hold_until_ms or 0) > at_ms
-            or [getattr(state, name) for name in LIMIT_FIELDS] != tops
-            or state.published != ["normal", *tops, state.retry_interval_s, None]
+            or (limits != tops and not idle)
+            or state.published is None
+            or state.published[1:] != [*limits, state.retry_interval_s, None]
         ):
             return False
     return True

@@ -32,7 +32,11 @@ duration bound them). While a key is suspended, further negative feedback is not
 
 Positive feedback (``tick``): once ``quiet_interval_s`` has passed since both the
 last negative feedback and the last change (and any ``set_limit`` hold is over),
-every limit rises by ``increase_step`` x its baseline (at least 1), up to max.
+every limit rises by ``increase_step`` x its baseline (at least 1), up to max, provided
+the key delivered in at least half as many distinct minutes as the quiet interval has
+since its last change: an idle key (between campaigns, overnight) has no evidence that a
+higher limit is safe, nor has a burst of a minute or two, which a provider's reserve
+absorbs; so a key keeps what it learned until it is used again.
 max > baseline: baseline is where a key starts, max is headroom a clean record earns.
 
 Suspensions end on time (``tick``, or the next signal of the key): the key resumes
@@ -46,7 +50,8 @@ cap for the current day); warm-up caps may be below the group's min.
 Modes: suspended > warmup > backoff (a limit below baseline) > normal.
 
 Time alone changes a key only at known instants: its suspension's end, its next climb
-step (a quiet interval after its last change or negative feedback, and its hold over),
+step (a quiet interval after its last change or negative feedback, and its hold over,
+once it has the active minutes a climb needs: until then only a signal can make it due),
 a warm-up day boundary, an automation hit leaving its trigger period. ``next_due`` names
 the earliest of them, so the caller can leave out the ticks before it: they would change
 nothing, and a jump of months in event time costs a few ticks instead of millions.
@@ -67,6 +72,9 @@ from streams.domain.control.throttle_state import KeyState, Mode, SettingScope, 
 
 DAY_MS = 86_400_000
 _REPLY_CHARS = 120
+# Share of a quiet interval that must have had deliveries (minutes with at least one)
+# since a key's last change before it steps up.
+CLIMB_ACTIVE_SHARE = 0.5
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:
@@ -123,6 +131,14 @@ class ThrottleController:
 
         if ip_key and signal.sending_ip in self.warmup_ips:
             state(ip_key, "ip_group")
+        if signal.outcome == "delivered":
+            minute = now // 60_000
+            for k, s in ((key, scope), (ip_key, "ip_group")):
+                if k and k in self._states:
+                    st = state(k, s)  # type: ignore[arg-type]
+                    if st.active_minute != minute:
+                        st.active_minute = minute
+                        st.active_minutes += 1
         for record in reputation:
             if record.key == key:
                 self._judge(state(key, scope), record, now)
@@ -332,7 +348,7 @@ class ThrottleController:
     def _increase_if_quiet(self, st: KeyState, g: GroupRules, now: int) -> None:
         quiet = g.quiet_interval_s * 1000
         last = max(st.last_negative_ms or 0, st.changed_at or 0)
-        if now - last < quiet or now < (st.hold_until_ms or 0):
+        if now - last < quiet or now < (st.hold_until_ms or 0) or not self._used(st, g):
             return
         before = self._values(st)
         for name in LIMIT_FIELDS:
@@ -343,6 +359,14 @@ class ThrottleController:
             minutes = g.quiet_interval_s // 60
             st.reason = f"healthy for {minutes} min: rate {before[0]} -> {st.max_rate_per_hour}/h"
             st.changed_at = now
+
+    @staticmethod
+    def _used(st: KeyState, g: GroupRules) -> bool:
+        """Whether the key delivered through enough of the time since its last change to
+        earn a step up: an idle key (between campaigns, overnight) has no evidence that a
+        higher limit is safe, and neither has a burst of a minute or two, which a
+        provider's reserve absorbs."""
+        return st.active_minutes * 60 >= CLIMB_ACTIVE_SHARE * g.quiet_interval_s
 
     def _too_soon(self, st: KeyState, g: GroupRules, now: int) -> bool:
         return st.changed_at is not None and now - st.changed_at < g.adjust_interval_s * 1000
@@ -367,7 +391,7 @@ class ThrottleController:
             due = _earliest(due, start + ((now - start) // DAY_MS + 1) * DAY_MS)
         else:
             g = self.rules.group(st.group)
-            if any(getattr(st, n) < getattr(g, n).max for n in LIMIT_FIELDS):
+            if self._used(st, g) and any(getattr(st, n) < getattr(g, n).max for n in LIMIT_FIELDS):
                 last = max(st.last_negative_ms or 0, st.changed_at or 0)
                 climb = max(last + g.quiet_interval_s * 1000, st.hold_until_ms or 0)
                 due = _earliest(due, climb)
@@ -433,6 +457,7 @@ class ThrottleController:
             return None
         st.published = snapshot
         st.version += 1
+        st.active_minutes = 0
         st.changed_at = now
         return self._setting(st)
 

@@ -49,6 +49,10 @@ class KeyState:
     last_negative_ms: int | None = None
     hold_until_ms: int | None = None
     warmup_start_ms: int | None = None
+    # Minutes with deliveries since the last published change (and the last such minute,
+    # event time // 60 000): a key climbs only on evidence of sustained clean sending.
+    active_minutes: int = 0
+    active_minute: int | None = None
     published: list[Any] | None = None  # what was last published, to publish on change only
     counters: dict[str, TriggerCounter] = field(default_factory=dict)
 
