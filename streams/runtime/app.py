@@ -35,7 +35,6 @@ from streams.pipeline.topology import CONTROL, INGEST, KPI, TOPOLOGY, check_hand
 from streams.runtime import faust_patches, gc_tuning
 from streams.runtime.acks import InOrderAcks
 from streams.runtime.auth import credentials
-from streams.runtime.batches import ack, batches, each
 from streams.runtime.checkpoint import (
     changelog_via,
     flush_before_commit,
@@ -274,34 +273,31 @@ def build_app(settings: Settings) -> Components:
 
     def agent(name: str, step: Callable[[Any], list[Output]]) -> Runner:
         async def run(stream: faust.StreamT) -> None:
-            async for events in batches(stream):
-                for event in each(events):
-                    try:
-                        send_outputs(step(event.message))
-                    except DecodeError as exc:
-                        dead_letter(event, exc.kind, exc.reason)
-                    except LateEvent as exc:
-                        dead_letter(event, exc.kind, str(exc))
-                    except Exception as exc:  # a bug must not stop the stream: park the record
-                        msg = event.message
-                        log.exception("%s failed at %s@%s", name, msg.tp, msg.offset)
-                        dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
-                ack(events)
+            async for event in stream.events():
+                try:
+                    send_outputs(step(event.message))
+                except DecodeError as exc:
+                    dead_letter(event, exc.kind, exc.reason)
+                except LateEvent as exc:
+                    dead_letter(event, exc.kind, str(exc))
+                except Exception as exc:  # a bug must not stop the stream: park the record
+                    msg = event.message
+                    log.exception("%s failed at %s@%s", name, msg.tp, msg.offset)
+                    dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
 
         return run
 
     async def run_control(stream: faust.StreamT) -> None:
-        async for events in batches(stream):
-            for event in each(events):
-                acks.track(event)
-                try:
-                    done = control(event)
-                except Exception as exc:  # malformed, never held: park the record
-                    msg = event.message
-                    log.exception("control failed at %s@%s", msg.tp, msg.offset)
-                    dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
-                    done = [event]
-                acks.done(done)
+        async for event in stream.noack().events():
+            acks.track(event)
+            try:
+                done = control(event)
+            except Exception as exc:  # malformed, never held: park the record
+                msg = event.message
+                log.exception("control failed at %s@%s", msg.tp, msg.offset)
+                dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+                done = [event]
+            acks.done(done)
 
     runners: dict[str, Runner] = {
         INGEST.name: agent(INGEST.name, ingest),
