@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streams.adapters.base import Bad, Event, Skip
@@ -138,6 +138,8 @@ def test_fuzzing_the_ingest_endpoints(make_settings, tmp_path):
     }
 
     @LIVE
+    # Found by the search once: a line truncated to nothing before a bad one.
+    @example("/webhooks/kumomta", [(0, "truncate", None, 0), (2, "replace", None, 0)], True)
     @given(
         path=st.sampled_from(sorted(bases)),
         mutations=st.lists(
@@ -170,7 +172,11 @@ def test_fuzzing_the_ingest_endpoints(make_settings, tmp_path):
         untouched = set(range(len(batch))) - {m[0] for m in mutations}
         if as_lines and path == "/webhooks/kumomta":
             lines = [texts.get(i, json.dumps(e)) for i, e in enumerate(batch)]
-            check(path, "\n".join(lines).encode(), untouched)
+            # Blank lines are no records and take no index (docs/http-service.md): a line
+            # truncated to nothing moves the indexes of the records after it.
+            records = [i for i, line in enumerate(lines) if line.strip()]
+            kept = {n for n, i in enumerate(records) if i in untouched}
+            check(path, "\n".join(lines).encode(), kept)
         else:
             # A truncated element breaks a whole array: it then stands for itself only.
             for index, text in texts.items():
