@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.pipeline.topics import INPUT_TOPICS
 from streams.runtime.config import Settings
+
+_NOTABLE = re.compile(r"WARNING|ERROR|Joined group|Revoking previously|Worker ready|dead letter")
+_ROUTINE = re.compile(r"Heartbeat|is overlapping")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -121,6 +125,17 @@ class WorkerProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def timeline(self, lines: int = 80) -> str:
+        """The log lines that tell what happened to the worker's partitions and records
+        (group joins, revocations, readiness, warnings, errors), for a failing test's
+        message; routine warnings (heartbeats, overlapping timers) left out."""
+        picked = [
+            line
+            for line in self.log_text().splitlines()
+            if _NOTABLE.search(line) and not _ROUTINE.search(line)
+        ]
+        return f"--- {self.log_path.name}\n" + "\n".join(picked[-lines:])
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

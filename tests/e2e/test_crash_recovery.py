@@ -70,7 +70,8 @@ def test_sigkills_mid_stream_lose_nothing_and_count_nothing_twice(make_settings,
         workers[-2].kill()
         workers[-1].start().wait_ready()
         got = stream_state(settings, expected)
-        assert diff(expected, got) == []
+        # On a difference, what each worker went through says where to look.
+        assert diff(expected, got) == [], "\n".join(w.timeline() for w in workers)
         # The Redis views converge to the same statuses.
         store = ViewStore.from_settings(settings)
         deadline = time.monotonic() + 60

@@ -86,7 +86,8 @@ def test_workers_join_leave_and_die_mid_stream_results_equal_replay(make_setting
         w2.kill()  # dies (SIGKILL): its partitions move after the session timeout
         producer.join()
         got = stream_state(settings, expected, timeout=180)
-        assert diff(expected, got) == []
+        # On a difference, what each worker went through says where to look.
+        assert diff(expected, got) == [], "\n".join(w.timeline() for w in workers)
         assert w3.alive()
         # The joiners really took partitions over, and kept table standbys.
         assert "Setting newly assigned partitions" in w2.log_text()
