@@ -14,9 +14,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 def test_bench_measures_every_figure(make_settings):
     workers = 2
     result = bench.run(
-        10_000, latency_seconds=2.0, base=make_settings(), feedback_triggers=20, workers=workers
+        20_000, latency_seconds=2.0, base=make_settings(), feedback_triggers=20, workers=workers
     )
-    assert result["events"] == 10_000
+    assert result["events"] == 20_000
     assert result["workers"] == workers
     assert 0 < result["tracked_messages"] < result["events"]
     for rate in ("baseline_eps", "bare_agent_eps", "pipeline_eps"):
