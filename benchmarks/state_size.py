@@ -31,16 +31,10 @@ from streams.runtime.config import Settings
 from streams.runtime.producer import EventProducer
 from streams.testing.services import free_port
 from streams.testing.worker import WorkerProcess, committed_input, worker_table_keys
+from streams.tools.bench_group import rss_mb
 from streams.tools.stack import Stack
 
 REPLY = "421 4.7.0 [TS01] Messages temporarily deferred due to unexpected volume"
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _produce(settings: Settings, messages: int, deferrals: float) -> int:
@@ -117,7 +111,7 @@ def run(store: str, messages: int, marks: list[int], deferrals: float) -> dict[s
                     "mark": pending.pop(0),
                     "tracked_messages": tracked,
                     "input_done": committed_input(settings),
-                    "rss_mb": round(_rss_mb(pid), 1),
+                    "rss_mb": round(rss_mb(pid), 1),
                     "elapsed_s": round(time.monotonic() - started, 1),
                 }
                 points.append(point)
