@@ -1,17 +1,19 @@
 """Fixes and tuning of faust-streaming 0.15 and aiokafka internals their settings do not expose.
 
-Each ``patch_*`` function below replaces private faust-streaming or aiokafka functions; its
-docstring names the upstream defect and what breaks without it. ``apply()`` installs them
-in order. docs/faust-patches.md describes each with the test that reproduces its defect.
+Each ``patch_*`` function below (and in ``faust_handover``, for how fetched records reach
+the agents and how their acknowledgements count) replaces private faust-streaming or
+aiokafka functions; its docstring names the upstream defect and what breaks without it.
+``apply()`` installs them in order. docs/faust-patches.md describes each with the test
+that reproduces its defect.
 
 Start-up guard: before patching, ``apply()`` checks that the installed faust-streaming and
 aiokafka are the versions in ``UPSTREAM_VERSIONS`` and that every function a patch replaces
 still has the source the patch was written against (the SHA-256 of ``inspect.getsource``,
-recorded per target below). On a mismatch it raises ``FaustPatchMismatch``, naming the
+recorded with each target). On a mismatch it raises ``FaustPatchMismatch``, naming the
 patch, the target and the expected and found values, and the worker does not start. The
 environment variable ``MTA_FAUST_PATCH_CHECK`` overrides: ``strict`` (the default) refuses,
 ``warn`` logs the mismatch as a warning and patches anyway. After an upgrade, review each
-patch named against the new upstream source, then record the new versions and hashes here.
+patch named against the new upstream source, then record the new versions and hashes.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from faust.tables.recovery import Recovery
-from faust.transport import consumer as faust_consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
+
+from streams.runtime import faust_handover  # noqa: F401  (registers the hand-over patches)
+from streams.runtime.faust_patch_registry import PATCHES, Target, registers
 
 FETCH_MAX_WAIT_MS = 50
 
@@ -48,52 +50,6 @@ _client_config: dict[str, Any] = {}
 
 class FaustPatchMismatch(RuntimeError):
     """Installed faust-streaming or aiokafka is not what the patches were written for."""
-
-
-@dataclass
-class Target:
-    """A faust-streaming or aiokafka function a patch replaces, and the SHA-256 of the
-    source (``inspect.getsource``) the patch was written against."""
-
-    owner: type
-    name: str
-    sha256: str
-    # Taken at import, before any patch: apply() may run more than once in a process.
-    upstream: Any = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.upstream = getattr(self.owner, self.name, None)
-
-    @property
-    def path(self) -> str:
-        return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.name}"
-
-    def replace(self, replacement: Callable[..., Any]) -> None:
-        setattr(self.owner, self.name, replacement)
-
-
-@dataclass(frozen=True)
-class Patch:
-    install: Callable[[], None]
-    targets: tuple[Target, ...]
-
-    @property
-    def name(self) -> str:
-        return self.install.__name__
-
-
-#: Every patch, in the order ``apply()`` installs them.
-PATCHES: list[Patch] = []
-
-
-def _patch(*targets: Target) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Register a patch function with the upstream functions it replaces."""
-
-    def register(install: Callable[[], None]) -> Callable[[], None]:
-        PATCHES.append(Patch(install, targets))
-        return install
-
-    return register
 
 
 _SEND_PENDING = Target(
@@ -125,11 +81,6 @@ _FETCH_RECORDS = Target(
 _SEEK_OFFSETS = Target(
     Recovery, "_seek_offsets", "19598ca63d94d250e49d2dfe48a3c48ecbdf65ee4f1a2871abda51d28b335e55"
 )
-_DRAIN_MESSAGES = Target(
-    faust_consumer.Consumer,
-    "_drain_messages",
-    "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417",
-)
 _WORKER_CONSUMER = Target(
     AIOKafkaConsumerThread,
     "_create_worker_consumer",
@@ -153,7 +104,7 @@ async def _flush(self: ProducerBuffer) -> None:
         await asyncio.sleep(0.001)
 
 
-@_patch(_SEND_PENDING, _BUFFER_FLUSH)
+@registers(_SEND_PENDING, _BUFFER_FLUSH)
 def patch_changelog_buffer_flush() -> None:
     """Lost table updates: the changelog buffer's flush waits for every record it took.
 
@@ -205,7 +156,7 @@ async def _highwaters(self: AIOKafkaConsumerThread, partitions: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, _true_ends, reported)
 
 
-@_patch(_HIGHWATERS)
+@registers(_HIGHWATERS)
 def patch_true_high_watermarks() -> None:
     """Lost table state after a restart on the embedded broker: true changelog ends.
 
@@ -279,7 +230,7 @@ async def _on_recovery_completed(self: Recovery, generation_id: int = 0) -> None
         self.log.info("Worker ready")
 
 
-@_patch(_RESUME_STREAMS, _RECOVERY_COMPLETED)
+@registers(_RESUME_STREAMS, _RECOVERY_COMPLETED)
 def patch_seek_streams_before_resume() -> None:
     """Skipped input after a restart or rebalance: streams are sought while still paused.
 
@@ -314,7 +265,7 @@ async def _fetch_records(
     )
 
 
-@_patch(_FETCH_RECORDS)
+@registers(_FETCH_RECORDS)
 def patch_active_partitions_snapshot() -> None:
     """Records dropped at the end of recovery: fetches get a snapshot of active partitions.
 
@@ -339,7 +290,7 @@ async def _seek_offsets(self: Recovery, consumer: Any, tps: Any, offsets: Any, t
     await consumer.seek_wait(new_offsets)
 
 
-@_patch(_SEEK_OFFSETS)
+@registers(_SEEK_OFFSETS)
 def patch_skip_seek_to_unknown_offset() -> None:
     """A worker crashed by a rebalance during recovery: no seek to an unknown offset.
 
@@ -351,77 +302,13 @@ def patch_skip_seek_to_unknown_offset() -> None:
     _SEEK_OFFSETS.replace(_seek_offsets)
 
 
-async def _drain_messages(self: faust_consumer.Consumer, fetcher: Any) -> None:
-    """faust 0.15's ``Consumer._drain_messages`` with a direct hand-over (see below)."""
-    callback = self.callback
-    consumer_should_stop = self._stopped.is_set
-    fetcher_should_stop = fetcher._stopped.is_set
-    read_offset = self._read_offset
-    acks_enabled_for = self.app.topics.acks_enabled_for
-    since_yield = 0
-    try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
-            records = self.getmany(timeout=1.0)
-            await self.sleep(0)
-            if not self.should_stop:
-                async for tp, message in records:
-                    since_yield += 1
-                    if since_yield > 100:
-                        await asyncio.sleep(0)
-                        since_yield = 0
-                    offset = message.offset
-                    r_offset = read_offset.get(tp)
-                    if r_offset is not None and offset < r_offset:
-                        continue  # read before a seek back; dropped, as faust does
-                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                        # This project's topics have no offset gaps (no compaction, no
-                        # transactions): one here means records the client dropped.
-                        log.warning("%s: offsets %s-%s skipped", tp, r_offset + 1, offset - 1)
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    if self._commit_every is not None and self._n_acked >= self._commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if self.suspend_flow.is_set():
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    else:
-                        await callback(message)
-                    read_offset[tp] = offset
-            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
-    except self.consumer_stopped_errors:
-        if self.transport.app.should_stop:
-            return
-        raise
-    except asyncio.CancelledError:
-        if self.transport.app.should_stop:
-            return
-        raise
-    finally:
-        self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
-
-
-@_patch(_DRAIN_MESSAGES)
-def patch_direct_record_handover() -> None:
-    """Per-record tasks: the fetch loop hands each record over directly.
-
-    Faust's fetch loop (``Consumer._drain_messages``) hands every record over with
-    ``wait_first(callback(message), suspend_flow.wait())``, which wraps both, and the
-    service's stop and crash events, in tasks: four tasks per record, so a busy worker
-    spent its time creating and cancelling tasks. The record is handed over directly while
-    the flow is not suspended (a suspension only happens in a rebalance, whose queue
-    clearing and seek to committed offsets cover whatever is handed over meanwhile). Any
-    offset gap left in an acknowledged topic is also logged as a warning: this project's
-    topics have none of their own, so one means records the client dropped."""
-    _DRAIN_MESSAGES.replace(_drain_messages)
-
-
 def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
     consumer = _WORKER_CONSUMER.upstream(self, transport)
     consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
     return consumer
 
 
-@_patch(_WORKER_CONSUMER)
+@registers(_WORKER_CONSUMER)
 def patch_fetch_max_wait() -> None:
     """Feedback latency (tuning): a 50 ms maximum fetch wait instead of 1.5 s.
 
@@ -477,7 +364,8 @@ def check_upstream() -> None:
             "was written for:",
             *(f"  {line}" for line in found),
             "Review each patch named against the installed source (docs/faust-patches.md), "
-            "then record the found versions and hashes in streams/runtime/faust_patches.py; "
+            "then record the found versions and hashes in streams/runtime/faust_patches.py "
+            "and faust_handover.py; "
             f"{CHECK_VARIABLE}=warn starts the worker anyway, with this as a warning.",
         ]
     )

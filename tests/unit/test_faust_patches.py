@@ -13,12 +13,11 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import confluent_kafka
-import faust
 import pytest
 from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from aiokafka.consumer.subscription_state import SubscriptionState
@@ -31,6 +30,7 @@ from mode.utils.queues import FlowControlQueue
 
 from streams.runtime import faust_patches
 from streams.runtime.faust_patches import CHECK_VARIABLE, FaustPatchMismatch
+from streams.testing.faust_patching import unstarted_app, use_patch
 
 A, B, C = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
 
@@ -54,21 +54,6 @@ def test_partitions_whose_start_is_not_built_yet_are_not_sought():
     assert consumer.sought == {A: 0, B: 41}
 
 
-def use(monkeypatch: pytest.MonkeyPatch, name: str, *, patched: bool) -> None:
-    """Put back the upstream functions the patch ``name`` replaces, then install it if
-    ``patched``; the test's end restores whatever was installed before."""
-    (patch,) = (p for p in faust_patches.PATCHES if p.name == name)
-    for target in patch.targets:
-        monkeypatch.setattr(target.owner, target.name, target.upstream)
-    if patched:
-        patch.install()
-
-
-def new_app() -> faust.App:
-    """A Faust app that is never started: nothing here talks to its broker."""
-    return faust.App("faust-patches-test", broker="kafka://127.0.0.1:1", autodiscover=False)
-
-
 # -- the start-up guard
 
 
@@ -82,7 +67,7 @@ def unpatch_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """Upstream functions everywhere, for a test that calls apply(); restored at its end."""
     monkeypatch.setattr(faust_patches, "_client_config", {})
     for patch in faust_patches.PATCHES:
-        use(monkeypatch, patch.name, patched=False)
+        use_patch(monkeypatch, patch.name, patched=False)
 
 
 def test_apply_installs_every_patch_and_can_run_again(monkeypatch):
@@ -92,7 +77,7 @@ def test_apply_installs_every_patch_and_can_run_again(monkeypatch):
     faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"})  # the guard checks upstream
     targets = [target for patch in faust_patches.PATCHES for target in patch.targets]
     assert all(getattr(t.owner, t.name) is not t.upstream for t in targets)
-    assert len({(t.owner, t.name) for t in targets}) == len(targets) == 9
+    assert len({(t.owner, t.name) for t in targets}) == len(targets) == 10
 
 
 def test_guard_refuses_a_changed_upstream_function_naming_the_patch(monkeypatch, caplog):
@@ -169,9 +154,9 @@ async def records_handed_over_when_flush_returns() -> int:
 
 
 def test_changelog_buffer_flush_returns_once_every_record_reached_the_client(monkeypatch):
-    use(monkeypatch, "patch_changelog_buffer_flush", patched=False)
+    use_patch(monkeypatch, "patch_changelog_buffer_flush", patched=False)
     assert asyncio.run(records_handed_over_when_flush_returns()) == 0  # offsets commit now
-    use(monkeypatch, "patch_changelog_buffer_flush", patched=True)
+    use_patch(monkeypatch, "patch_changelog_buffer_flush", patched=True)
     assert asyncio.run(records_handed_over_when_flush_returns()) == 3
 
 
@@ -246,7 +231,7 @@ class ProbeConsumer:
 
 
 async def changelog_high_watermark() -> int:
-    thread = new_app().consumer._thread
+    thread = unstarted_app().consumer._thread
     thread._consumer = TansuConsumer()  # type: ignore[assignment]
     return (await thread._highwaters([CHANGELOG]))[CHANGELOG]
 
@@ -254,10 +239,10 @@ async def changelog_high_watermark() -> int:
 def test_true_high_watermarks_cover_the_last_changelog_batch(monkeypatch):
     monkeypatch.setattr(faust_patches, "_client_config", {"bootstrap.servers": "127.0.0.1:1"})
     monkeypatch.setattr(confluent_kafka, "Consumer", ProbeConsumer)
-    use(monkeypatch, "patch_true_high_watermarks", patched=False)
+    use_patch(monkeypatch, "patch_true_high_watermarks", patched=False)
     # Recovery restores up to the watermark: records 880-884 would never be restored.
     assert asyncio.run(changelog_high_watermark()) == 880
-    use(monkeypatch, "patch_true_high_watermarks", patched=True)
+    use_patch(monkeypatch, "patch_true_high_watermarks", patched=True)
     assert asyncio.run(changelog_high_watermark()) == LAST_OFFSET + 1
     # A broker that takes 0.8 s to answer the first fetch: the ends are still found.
     monkeypatch.setattr(ProbeConsumer, "silent_polls", 8)
@@ -313,7 +298,7 @@ class RunningFetcher:
 
 
 async def stream_records_never_queued(end_of_recovery: str) -> set[int]:
-    app = new_app()
+    app = unstarted_app()
     app.Table("totals", default=int)  # its changelog partition is CHANGELOG
     consumer = RecoveringConsumer()
     app.consumer = consumer  # type: ignore[assignment]
@@ -329,11 +314,11 @@ async def stream_records_never_queued(end_of_recovery: str) -> set[int]:
 
 @pytest.mark.parametrize("end_of_recovery", ["_resume_streams", "on_recovery_completed"])
 def test_stream_partitions_resume_from_their_committed_offsets(monkeypatch, end_of_recovery):
-    use(monkeypatch, "patch_seek_streams_before_resume", patched=False)
+    use_patch(monkeypatch, "patch_seek_streams_before_resume", patched=False)
     # Queued during the seek, then cleared by the flow-control resume; position past them.
     lost = asyncio.run(stream_records_never_queued(end_of_recovery))
     assert COMMITTED in lost  # {10, 11}: how many depends on the fake's pace
-    use(monkeypatch, "patch_seek_streams_before_resume", patched=True)
+    use_patch(monkeypatch, "patch_seek_streams_before_resume", patched=True)
     assert asyncio.run(stream_records_never_queued(end_of_recovery)) == set()
 
 
@@ -358,7 +343,7 @@ class FetchedBatch(Iterator[ConsumerRecord[bytes, bytes]]):
 
 async def fetch_as_recovery_pauses_the_changelog() -> tuple[list[int], int]:
     """What faust's getmany delivered, and the client's position in the stream partition."""
-    consumer = new_app().consumer
+    consumer = unstarted_app().consumer
     subscriptions = SubscriptionState()
     subscriptions.assign_from_user({STREAM, CHANGELOG})
     subscriptions.seek(STREAM, COMMITTED)
@@ -403,10 +388,10 @@ async def fetch_as_recovery_pauses_the_changelog() -> tuple[list[int], int]:
 
 
 def test_fetch_while_recovery_pauses_every_partition_takes_no_records(monkeypatch):
-    use(monkeypatch, "patch_active_partitions_snapshot", patched=False)
+    use_patch(monkeypatch, "patch_active_partitions_snapshot", patched=False)
     # Records 10-14 were taken from the client and dropped: the next fetch starts at 15.
     assert asyncio.run(fetch_as_recovery_pauses_the_changelog()) == ([], 15)
-    use(monkeypatch, "patch_active_partitions_snapshot", patched=True)
+    use_patch(monkeypatch, "patch_active_partitions_snapshot", patched=True)
     assert asyncio.run(fetch_as_recovery_pauses_the_changelog()) == ([], COMMITTED)
 
 
@@ -414,7 +399,7 @@ def test_fetch_while_recovery_pauses_every_partition_takes_no_records(monkeypatc
 
 
 async def seek_standbys_added_by_a_rebalance() -> dict[TP, int]:
-    app = new_app()
+    app = unstarted_app()
     table = app.Table("totals", default=int)
     recovery = app.tables.recovery
     recovery.standby_offsets[A] = 41  # a standby partition already being built
@@ -428,71 +413,25 @@ async def seek_standbys_added_by_a_rebalance() -> dict[TP, int]:
 
 
 def test_standby_partitions_with_no_offset_yet_do_not_crash_the_seek(monkeypatch):
-    use(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=False)
+    use_patch(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=False)
     with pytest.raises(ValueError, match="Offset must be a positive integer"):
         asyncio.run(seek_standbys_added_by_a_rebalance())
-    use(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=True)
+    use_patch(monkeypatch, "patch_skip_seek_to_unknown_offset", patched=True)
     assert asyncio.run(seek_standbys_added_by_a_rebalance()) == {A: 41}
-
-
-# -- patch_direct_record_handover
-
-OFFSETS = [*range(50), *range(60, 100)]  # offsets 50-59 are missing
-
-
-async def hand_over_records() -> tuple[list[int], int, list[Any]]:
-    """Offsets handed to the stream, tasks created meanwhile, gaps recorded for commits."""
-    consumer = new_app().consumer
-    consumer.app.topics.acks_enabled_for = lambda topic: True  # type: ignore[method-assign]
-    handed: list[int] = []
-
-    async def callback(message: Any) -> None:
-        handed.append(message.offset)
-
-    fetcher = SimpleNamespace(_stopped=asyncio.Event())
-
-    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        for offset in OFFSETS:
-            yield STREAM, SimpleNamespace(topic=STREAM.topic, offset=offset)
-        fetcher._stopped.set()
-
-    consumer.callback = callback
-    consumer.getmany = getmany  # type: ignore[method-assign]
-    tasks = 0
-
-    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal tasks
-        tasks += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    asyncio.get_running_loop().set_task_factory(counting_factory)
-    await consumer._drain_messages(fetcher)
-    return handed, tasks, sorted(consumer._gap[STREAM])
-
-
-def test_records_are_handed_over_without_tasks_and_gaps_are_logged(monkeypatch, caplog):
-    use(monkeypatch, "patch_direct_record_handover", patched=False)
-    handed, tasks, gaps = asyncio.run(hand_over_records())
-    assert handed == OFFSETS
-    assert tasks >= 4 * len(OFFSETS)
-    use(monkeypatch, "patch_direct_record_handover", patched=True)
-    with caplog.at_level(logging.WARNING, logger=faust_patches.__name__):
-        assert asyncio.run(hand_over_records()) == (handed, 1, gaps)
-    assert f"{STREAM}: offsets 50-59 skipped" in caplog.text
 
 
 # -- patch_fetch_max_wait
 
 
 async def fetch_max_wait_ms() -> int:
-    app = new_app()
+    app = unstarted_app()
     client = app.consumer._thread._create_worker_consumer(app.transport)
     await client.stop()  # never started
     return client._fetch_max_wait_ms  # its fetcher's max_wait_time, once started
 
 
 def test_fetch_max_wait_is_50_ms(monkeypatch):
-    use(monkeypatch, "patch_fetch_max_wait", patched=False)
+    use_patch(monkeypatch, "patch_fetch_max_wait", patched=False)
     assert asyncio.run(fetch_max_wait_ms()) == 1500
-    use(monkeypatch, "patch_fetch_max_wait", patched=True)
+    use_patch(monkeypatch, "patch_fetch_max_wait", patched=True)
     assert asyncio.run(fetch_max_wait_ms()) == faust_patches.FETCH_MAX_WAIT_MS == 50
