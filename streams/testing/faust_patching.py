@@ -3,10 +3,14 @@ switching one patch on or off for the length of a test."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faust
-import pytest
 
 from streams.runtime import faust_patches
+
+if TYPE_CHECKING:  # the package ships without the test runner
+    import pytest
 
 
 def use_patch(monkeypatch: pytest.MonkeyPatch, name: str, *, patched: bool) -> None:
