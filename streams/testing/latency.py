@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.pipeline.topics import Topic
 from streams.runtime.config import Settings
@@ -41,39 +41,46 @@ class FirstSeen:
     """Follows an output topic from its end in a thread and notes when each record key
     (the message id of a status record, the key of a throttle record) is first seen, on
     the monotonic clock. Keys only, no decoding: the follower shares the machine with
-    the worker it measures."""
+    the worker it measures. Partitions are assigned at their end offsets, not through a
+    consumer group: a group member that misses heartbeats on a loaded machine rejoins
+    and restarts from the latest offset, and would skip what was produced meanwhile."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.seen: dict[str, float] = {}
+        self._topic = settings.topic(topic)
         self._stop = threading.Event()
-        self._assigned = threading.Event()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
-                "group.id": f"first-seen-{time.time_ns()}",
-                "auto.offset.reset": "latest",
+                "group.id": f"first-seen-{time.time_ns()}",  # required, never joined
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
                 **settings.kafka_client_config(),
             }
         )
-        self._consumer.subscribe([settings.topic(topic)])
         self._thread = threading.Thread(target=self._follow, daemon=True)
 
     def _follow(self) -> None:
         seen = self.seen
         while not self._stop.is_set():
-            if self._consumer.assignment():
-                self._assigned.set()
             # poll, not consume: a batch call waits for its count or its timeout.
             msg = self._consumer.poll(0.05)
             if msg is not None and msg.error() is None and (key := msg.key()) is not None:
                 seen.setdefault(key.decode(), time.monotonic())
 
     def __enter__(self) -> FirstSeen:
+        topic = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            self._consumer.close()
+            raise RuntimeError(f"topic {self._topic} not found: is a worker running on it?")
+        ends = []
+        for p in topic.partitions:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, p), timeout=10
+            )
+            ends.append(TopicPartition(self._topic, p, high))
+        self._consumer.assign(ends)
         self._thread.start()
-        self._assigned.wait(30)
-        time.sleep(1.0)  # "latest" offsets are fixed once the assignment is in place
         return self
 
     def wait_for(self, keys: set[str], timeout: float = 30.0) -> None:
