@@ -12,11 +12,11 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.pipeline.topics import INPUT_TOPICS
+from streams.pipeline.topics import INPUT_TOPICS, Topic
 from streams.runtime.config import Settings
 
 _NOTABLE = re.compile(r"WARNING|ERROR|Joined group|Revoking previously|Worker ready|dead letter")
@@ -51,20 +51,44 @@ def worker_table_keys(port: int, timeout: float = 30.0) -> dict[str, int]:
         return table_keys(reply.read().decode())
 
 
-def committed_input(settings: Settings) -> int:
-    """Input offsets the workers' group committed, summed over the input partitions (admin
+def _committed(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → the offset the workers' group committed, -1 if none (admin
     API: a consumer in that group, even one that never subscribes, could disturb it)."""
-    tps = [
-        TopicPartition(settings.topic(f), p)
-        for f in INPUT_TOPICS
-        for p in range(settings.partitions)
-    ]
+    tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
     admin = AdminClient(
         {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
     )
     request = ConsumerGroupTopicPartitions(settings.app_id, tps)
     result = admin.list_consumer_group_offsets([request])[settings.app_id].result(10)
-    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+
+
+def committed_input(settings: Settings) -> int:
+    """Input offsets the workers' group committed, summed over the input partitions."""
+    offsets = _committed(settings, [settings.topic(f) for f in INPUT_TOPICS])
+    return sum(max(offset, 0) for offset in offsets.values())
+
+
+def signals_left(settings: Settings) -> int:
+    """Records of the signal topic the control step has not committed yet, as far as the
+    broker's high watermarks tell (the embedded broker's can be short by a batch)."""
+    topic = settings.topic(Topic.SIGNAL)
+    committed = _committed(settings, [topic])
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.app_id}-watermarks",  # required, never joined
+            **settings.kafka_client_config(),
+        }
+    )
+    try:
+        left = 0
+        for (name, partition), offset in committed.items():
+            _, end = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
+            left += max(0, end - max(offset, 0))
+        return left
+    finally:
+        consumer.close()
 
 
 class WorkerProcess:

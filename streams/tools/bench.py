@@ -19,8 +19,9 @@ In one run, on the same broker and the same events:
    fresh domain, produced 50 ms apart; rate-limit reply produced → its throttle record
    consumed from the control topic;
 7. memory, with the table store of MTA_STORE or ``--store`` (printed as ``store``): the
-   worker's RSS growth from start-up to after the backlog, once its output buffers have
-   drained and it has given freed heap back (``rss_mb_per_million_messages``), and its
+   worker's RSS growth from start-up to after the backlog, once the control step has
+   read the signals it made, the output buffers have drained and the worker has given
+   freed heap back (``rss_mb_per_million_messages``), and its
    peak RSS growth, buffers of the backlog's busiest moment and all, each per million
    tracked messages; with N workers, every RSS figure is the sum over the N.
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from streams.runtime.config import Settings
 from streams.runtime.gc_tuning import TRIM_INTERVAL_S
 from streams.testing.services import free_port
-from streams.testing.worker import WorkerProcess, committed_input
+from streams.testing.worker import WorkerProcess, committed_input, signals_left
 
 # aiokafka's line once a member has its assignment of a generation.
 _SYNCED = re.compile(r"Successfully synced group \S+ with generation (\d+)")
@@ -192,8 +192,19 @@ def _measure(
     )
     settled = 0.0
     if module is None:
-        # Output buffers drain after the last commit, and a worker gives the freed heap
-        # back every TRIM_INTERVAL_S: what stays is what the tables hold.
+        # The control step reads the signals the input made after it: its backlog is the
+        # backlog's too. Then output buffers drain after the last commit, and a worker gives
+        # the freed heap back every TRIM_INTERVAL_S: what stays is what the tables hold.
+        drained_at = time.monotonic()
+        left = signals_left(settings)
+        while left and time.monotonic() - drained_at < 600:
+            time.sleep(1)
+            left = signals_left(settings)
+        print(
+            f"control step: {left} signal records left "
+            f"{time.monotonic() - drained_at:.0f} s after the input was committed",
+            file=sys.stderr,
+        )
         time.sleep(TRIM_INTERVAL_S + 2)
         settled = sum(rss_mb(pid) for pid in pids)
     cpu = used / (done - first_done) * 1e6
