@@ -190,7 +190,7 @@ def build_app(settings: Settings) -> Components:
         {settings.topic(name): name for name in INPUT_TOPICS}, settings.idle_after_ms / 1000
     )
     tail_probe = TailProbe(settings)
-    alignment = InputAlignment(progress, settings.align_min_backlog)
+    alignment = InputAlignment(progress)
     acks = InOrderAcks()
     flush_before_commit(
         app,

@@ -194,13 +194,6 @@ class Settings:
         "An input partition read to its end this long vouches for the worker's clock as it "
         "was this long ago: the longest a record may take from producer to broker",
     )
-    align_min_backlog: int = _var(
-        "MTA_ALIGN_MIN_BACKLOG",
-        2000,
-        _int(1, 1_000_000_000),
-        "Records left to read that make an input partition a backlog: such partitions "
-        "more than ten minutes of event time ahead of the slowest are held back",
-    )
     linger_ms: int = _var(
         "MTA_LINGER_MS",
         20,

@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class InputAlignment:
-    def __init__(self, progress: InputProgress, min_backlog: int) -> None:
+    def __init__(self, progress: InputProgress) -> None:
         self.progress = progress
-        self.min_backlog = min_backlog
         self.held: set[TP] = set()
 
     def apply(self, app: Any) -> None:
@@ -36,7 +35,7 @@ class InputAlignment:
         active = consumer._get_active_partitions()
         # What a rebalance gave back to the active set, or took away, is no longer ours.
         self.held &= set(consumer.assignment()) - active
-        wanted = held_back(self.progress.positions(consumer), min_backlog=self.min_backlog)
+        wanted = held_back(self.progress.positions(consumer))
         for tp in wanted - self.held:
             active.discard(tp)
         for tp in self.held - wanted:

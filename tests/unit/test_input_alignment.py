@@ -93,7 +93,7 @@ def _worker(ends: dict[TP, int]) -> tuple[InputAlignment, InputProgress, SimpleN
     progress = InputProgress({"p.send": "send", "p.retry": "retry", "p.bounce": "bounce"}, 1.0)
     consumer = FakeConsumer(ends, active=set(ends))
     app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False)
-    return InputAlignment(progress, MIN_BACKLOG), progress, app
+    return InputAlignment(progress), progress, app
 
 
 def test_the_worker_holds_back_and_puts_back_what_runs_ahead():

@@ -27,8 +27,7 @@ K = TypeVar("K", bound=Hashable)
 # Ten minutes of event time: partitions a little apart (producers' clocks, batching) are
 # not held back, and what waits in the sequencer is at most about that much of the inputs.
 WINDOW_MS = 600_000
-# A backlog worth aligning: in live traffic a partition rarely has this many records left
-# (the worker's MTA_ALIGN_MIN_BACKLOG).
+# A backlog worth aligning: in live traffic a partition rarely has this many records left.
 MIN_BACKLOG = 2_000
 
 
