@@ -43,7 +43,6 @@ from streams.runtime.checkpoint import (
 )
 from streams.runtime.codec import Codec, DecodeError
 from streams.runtime.config import Settings
-from streams.runtime.input_flow import InputAlignment
 from streams.runtime.metrics import (
     OBSERVED_TOPICS,
     WorkerMetrics,
@@ -155,7 +154,6 @@ def build_app(settings: Settings) -> Components:
             sink_queue=sink.queue_length,
             sink_errors=lambda: sink.stats.failed,
             table_keys=lambda: {t.name: table_key_count(t) for t in tables},
-            held_back=lambda: len(alignment.held),
         )
     )
     stats = metrics.stats
@@ -190,7 +188,6 @@ def build_app(settings: Settings) -> Components:
         {settings.topic(name): name for name in INPUT_TOPICS}, settings.idle_after_ms / 1000
     )
     tail_probe = TailProbe(settings)
-    alignment = InputAlignment(progress)
     acks = InOrderAcks()
     flush_before_commit(
         app,
@@ -372,10 +369,6 @@ def build_app(settings: Settings) -> Components:
             value = json_bytes(progress_value(claims))
             for partition in range(settings.partitions):
                 sink.produce(signal_topic, None, value, partition)
-        try:
-            alignment.apply(app)
-        except Exception:  # reading at an uneven pace costs memory, never correctness
-            log.exception("input alignment not applied; retrying")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
@@ -385,7 +378,6 @@ def build_app(settings: Settings) -> Components:
         parts.kpi.begin(epoch)
         parts.control.reset()
         progress.reset()
-        alignment.reset()
         acks.reset()
 
     if settings.web_port:

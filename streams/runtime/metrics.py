@@ -213,8 +213,6 @@ class WorkerProbes:
     sink_errors: Callable[[], int]
     # Table name → keys held in this worker (RocksDB: its estimate).
     table_keys: Callable[[], dict[str, int]] = dict
-    # Input partitions held back because they run ahead in event time (input alignment).
-    held_back: Callable[[], int] = int
     view_lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -233,11 +231,6 @@ class WorkerCollector(Collector):
         for partition, count in sorted(self.probes.held_signals().items()):
             held.add_metric([str(partition)], count)
         yield held
-        yield GaugeMetricFamily(
-            "mta_input_partitions_held_back",
-            "Input partitions not read for now: ahead of the others in event time in a backlog",
-            value=self.probes.held_back(),
-        )
         lag = GaugeMetricFamily(
             "mta_consumer_lag_records",
             "Records between the last one read and the end of each input partition",

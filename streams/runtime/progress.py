@@ -82,17 +82,6 @@ class InputProgress:
                 out[tp] = done
         return out
 
-    def positions(self, consumer: Any) -> dict[TP, tuple[int | None, int]]:
-        """tp → (largest event time handled, None before any; records left to read, as
-        far as the client's high watermark tells) per assigned input partition."""
-        out = {}
-        for tp, _stream, done, _in_flight in self._inputs(consumer):
-            last = self.latest.get(tp)
-            end = _highwater(consumer, tp)
-            left = 0 if end is None else max(0, end - done)
-            out[tp] = (last[1] if last is not None and last[1] >= 0 else None, left)
-        return out
-
     def claims(self, consumer: Any, clock: int, ends: Mapping[TP, int]) -> dict[str, int] | None:
         """The claims to send now, or None when they have not changed. ``ends``: where a
         probe found partitions to end (no record at or after that offset)."""
