@@ -42,8 +42,8 @@ class FirstSeen:
     (the message id of a status record, the key of a throttle record) is first seen, on
     the monotonic clock. Keys only, no decoding: the follower shares the machine with
     the worker it measures. Partitions are assigned at their end offsets, not through a
-    consumer group: a group member that misses heartbeats on a loaded machine rejoins
-    and restarts from the latest offset, and would skip what was produced meanwhile."""
+    consumer group: one reader needs no group, and a rejoin would restart it from the
+    latest offset, past what was produced meanwhile."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.seen: dict[str, float] = {}

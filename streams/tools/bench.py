@@ -20,7 +20,7 @@ In one run, on the same broker and the same events:
    consumed from the control topic;
 7. memory, with the table store of MTA_STORE or ``--store`` (printed as ``store``): the
    worker's RSS growth from start-up to after the backlog, once the control step has
-   read the signals it made, the output buffers have drained and the worker has given
+   read the signals the backlog made, the output buffers have drained and the worker has given
    freed heap back (``rss_mb_per_million_messages``), and its
    peak RSS growth, buffers of the backlog's busiest moment and all, each per million
    tracked messages; with N workers, every RSS figure is the sum over the N.
