@@ -27,6 +27,7 @@ import time
 from importlib import metadata
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
@@ -179,11 +180,17 @@ async def _seek_then_resume(self: Recovery, generation_id: int) -> bool:
     if streams:
         consumer.pause_partitions(streams)
         self.log.info("Seek stream partitions to committed offsets.")
-        committed = dict(
-            await asyncio.wait_for(
-                consumer.seek_to_committed(), timeout=app.conf.broker_request_timeout
+        try:
+            committed = dict(
+                await asyncio.wait_for(
+                    consumer.seek_to_committed(), timeout=app.conf.broker_request_timeout
+                )
             )
-        )
+        except IllegalStateError:
+            # A rebalance revoked partitions while the seek ran: as Faust's own recovery
+            # loop, treat it as the next rebalance (which recovers again), not a crash.
+            self.log.warning("Recovery rebalancing again: partitions revoked during the seek")
+            return False
     if app.consumer_generation_id != generation_id:
         self.log.warning("Recovery rebalancing again")
         return False

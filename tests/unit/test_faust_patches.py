@@ -21,6 +21,7 @@ import confluent_kafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from faust.tables.recovery import Recovery
 from faust.transport import consumer as faust_consumer
@@ -320,6 +321,26 @@ def test_stream_partitions_resume_from_their_committed_offsets(monkeypatch, end_
     assert COMMITTED in lost  # {10, 11}: how many depends on the fake's pace
     use_patch(monkeypatch, "patch_seek_streams_before_resume", patched=True)
     assert asyncio.run(stream_records_never_queued(end_of_recovery)) == set()
+
+
+class RevokedDuringSeek(RecoveringConsumer):
+    """A rebalance revokes the stream partition while the consumer thread seeks it."""
+
+    async def seek_to_committed(self) -> dict[TP, int]:
+        await asyncio.sleep(0)
+        raise IllegalStateError(f"No current assignment for partition {STREAM}")
+
+
+def test_partitions_revoked_during_the_seek_end_this_recovery_without_resuming(monkeypatch):
+    use_patch(monkeypatch, "patch_seek_streams_before_resume", patched=True)
+    app = unstarted_app()
+    app.Table("totals", default=int)
+    consumer = RevokedDuringSeek()
+    app.consumer = consumer  # type: ignore[assignment]
+    recovery = app.tables.recovery
+    assert asyncio.run(faust_patches._seek_then_resume(recovery, 0)) is False
+    assert STREAM not in consumer.active  # still paused: the next recovery resumes it
+    assert not recovery.completed.is_set()
 
 
 # -- patch_active_partitions_snapshot
