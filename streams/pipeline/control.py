@@ -50,6 +50,7 @@ class _PartitionControl:
         self.book = ReputationBook()
         self.controller = ThrottleController(rules)
         self.sequencer = sequencer
+        self.republish: list[Output] = []  # sent with the partition's next release
 
 
 class ControlProcessor:
@@ -115,9 +116,18 @@ class ControlProcessor:
             for rec in self.windows.values():
                 if rec["p"] == partition:
                     part.book.restore(KeyWindow.from_dict(rec["w"]))
+            position = sequencer.position()
             for rec in self.settings.values():
                 if rec["p"] == partition:
-                    part.controller.restore(KeyState.from_dict(rec["s"]))
+                    state = KeyState.from_dict(rec["s"])
+                    part.controller.restore(state)
+                    # Changed after the stored sequencer: its output may have been lost in
+                    # the flush that stored it (see ``persist``), and a tick run again
+                    # finds nothing to change, so it is sent again (a tie, twice: harmless).
+                    if position is None or (state.changed_at or 0) >= position:
+                        setting = part.controller.setting(state.key)
+                        if setting is not None:
+                            part.republish.append(throttle_output(setting))
         return part
 
     def add(self, record: dict[str, Any], partition: int, token: Any = None) -> bool:
@@ -142,7 +152,8 @@ class ControlProcessor:
         """Take in the signals the watermark (or ``until``) has passed, and tick between
         them. A signal whose step fails is reported with its token, and the rest go on."""
         part = self._part(partition)
-        done = Released([], [], [])
+        done = Released(part.republish, [], [])
+        part.republish = []
         for kind, time_ms, item in part.sequencer.steps(until, self._due(part)):
             if kind == "tick" or item is None:
                 done.outputs.extend(self._tick(part, partition, time_ms))
@@ -215,15 +226,17 @@ class ControlProcessor:
                 self._note(self._dirty_windows, self.windows, key, partition, source)
         _scope, main = main_key(signal)
         controlled = [main, f"ip_group:{signal.sending_ip}|{signal.group}"]
-        if self._seen(self._dirty_settings, self.settings, main, source):
-            for key in controlled:
-                setting = part.controller.setting(key)
-                if setting is not None:
-                    out.append(throttle_output(setting))
-            return out
-        changed = part.controller.on_signal(signal, part.book)
+        # Per key, as a partial flush can have stored one key's taking-in and not another's.
+        done = frozenset(
+            k for k in controlled if self._seen(self._dirty_settings, self.settings, k, source)
+        )
+        for key in done:
+            setting = part.controller.setting(key)
+            if setting is not None:
+                out.append(throttle_output(setting))
+        changed = part.controller.on_signal(signal, part.book, skip=done)
         out += [throttle_output(setting) for setting in changed]
-        for key in {*controlled, *(s.key for s in changed)}:
+        for key in {*controlled, *(s.key for s in changed)} - done:
             if part.controller.state(key) is not None:
                 self._note(self._dirty_settings, self.settings, key, partition, source)
         return out
@@ -247,7 +260,9 @@ class ControlProcessor:
         Call that step only once the first writes (and the outputs sent before them) are
         on the broker. A SIGKILL can land part of a flush, and a sequencer stored ahead of
         the states would, after the restart, skip re-read signals that were never counted;
-        one stored behind only lets them through again, to be recognised per key."""
+        one stored behind only lets them through again, to be recognised per key, and runs
+        its ticks again, which a state stored ahead of them skips (``as_of_ms``); settings
+        changed after it are sent again (``_part``)."""
         by_partition: dict[int, list[tuple[Store, str, dict[str, Any]]]] = {}
         for key, (partition, taken) in self._dirty_windows.items():
             window = self._parts[partition].book.window(key)
@@ -255,9 +270,11 @@ class ControlProcessor:
                 rec = {"w": window.to_dict(), "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.windows, key, rec))
         for key, (partition, taken) in self._dirty_settings.items():
-            state = self._parts[partition].controller.state(key)
+            part = self._parts[partition]
+            state = part.controller.state(key)
             if state is not None:
-                rec = {"s": state.to_dict(), "p": partition, "o": taken}
+                stored = {**state.to_dict(), "as_of_ms": part.sequencer.position()}
+                rec = {"s": stored, "p": partition, "o": taken}
                 by_partition.setdefault(partition, []).append((self.settings, key, rec))
         sequences = {
             partition: self._parts[partition].sequencer.to_dict()

@@ -141,6 +141,14 @@ class Sequencer(Generic[T]):
         at = due(boundary)
         return None if at is None else max(boundary, -(-at // self.tick_ms) * self.tick_ms)
 
+    def position(self) -> int | None:
+        """The event time up to which signals were released and ticks run; None before
+        the first."""
+        times = [eff for _offset, eff in self.released.values()]
+        if self.last_tick is not None:
+            times.append(self.last_tick)
+        return max(times, default=None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "claims": dict(self.claims),

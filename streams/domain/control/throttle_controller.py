@@ -110,12 +110,16 @@ class ThrottleController:
     # --- public API -------------------------------------------------------------------
 
     def on_signal(
-        self, signal: Signal, reputation: Iterable[ReputationRecord] | ReputationBook = ()
+        self,
+        signal: Signal,
+        reputation: Iterable[ReputationRecord] | ReputationBook = (),
+        skip: frozenset[str] = frozenset(),
     ) -> list[ThrottleSetting]:
         """React to one signal. ``reputation`` is either the records ``ReputationBook.add``
         returned for it, or the book itself (the signal's keys are then judged on their
         current windows; with records alone a threshold crossing is seen when the book
-        emits, at the latest at the next bucket boundary)."""
+        emits, at the latest at the next bucket boundary). Keys in ``skip`` took the
+        signal in already (a redelivery): they are left as they are."""
         now = signal.time_ms
         scope, key = main_key(signal)
         ip_key = f"ip_group:{signal.sending_ip}|{signal.group}" if signal.sending_ip else None
@@ -125,9 +129,12 @@ class ThrottleController:
         touched: dict[str, KeyState] = {}
 
         def state(k: str, s: SettingScope) -> KeyState:
-            st = touched.get(k) or self._state(k, s, signal.group, now)
-            touched[k] = st
-            return st
+            st = touched.get(k)
+            if st is None:
+                st = self._state(k, s, signal.group, now)
+                # A detached copy takes a skipped key's part, and is dropped.
+                touched[k] = KeyState.from_dict(st.to_dict()) if k in skip else st
+            return touched[k]
 
         if ip_key and signal.sending_ip in self.warmup_ips:
             state(ip_key, "ip_group")
@@ -156,6 +163,8 @@ class ThrottleController:
             self._negative_signal(state(key, scope), signal, now)
         out = []
         for st in touched.values():
+            if st.key in skip:
+                continue
             setting = self._publish(st, now)
             if setting:
                 out.append(setting)
@@ -170,6 +179,9 @@ class ThrottleController:
         out = []
         due: int | None = None
         for st in self._states.values():
+            if st.as_of_ms is not None and now_ms <= st.as_of_ms:
+                due = _earliest(due, self._state_due(st, st.as_of_ms))
+                continue
             g = self.rules.group(st.group)
             self._resume_if_due(st, g, now_ms)
             # The warm-up schedule, not AIMD, governs growth while it lasts.

@@ -54,6 +54,9 @@ class KeyState:
     active_minutes: int = 0
     active_minute: int | None = None
     published: list[Any] | None = None  # what was last published, to publish on change only
+    # Event time up to which a stored state was ticked: a restart whose sequencer was
+    # stored behind it ticks those instants again, and they must not act twice.
+    as_of_ms: int | None = None
     counters: dict[str, TriggerCounter] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
