@@ -55,6 +55,21 @@ def test_after_a_rebalance_nothing_from_before_is_acknowledged():
     assert new.acked and not old.acked
 
 
+def test_a_reading_from_before_a_rebalance_done_late_does_not_mark_the_new_one_done():
+    acked: list[tuple[TP, int]] = []
+    acks = InOrderAcks()
+    old = Event(TP0, 3, acked)
+    acks.track(old)
+    acks.reset()
+    new, after = Event(TP0, 3, acked), Event(TP0, 4, acked)  # read again, still held
+    acks.track(new)
+    acks.track(after)
+    acks.done([old, after])
+    assert acked == []
+    acks.done([new])
+    assert acked == [(TP0, 3), (TP0, 4)] and not old.acked
+
+
 @given(st.permutations(range(12)))
 def test_acknowledgements_are_a_growing_prefix_whatever_the_order_done(order):
     acked: list[tuple[TP, int]] = []

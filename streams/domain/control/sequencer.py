@@ -35,11 +35,15 @@ keeps their input records unacknowledged, so after a crash they are read again.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
+
+# An empty set larger than this once held a backlog: it is replaced by a new one.
+_SMALL_SET_BYTES = 4096
 
 # Released steps: ("tick", boundary ms, None) or ("signal", effective time ms, item).
 Step = tuple[Literal["tick", "signal"], int, T | None]
@@ -121,6 +125,8 @@ class Sequencer(Generic[T]):
                 # ``last_tick`` is the same whether ticks were left out or not.
                 if self.last_tick is not None:
                     self.last_tick = max(self.last_tick, limit - limit % step)
+                if not held and sys.getsizeof(self._held_keys) > _SMALL_SET_BYTES:
+                    self._held_keys = set()  # a set keeps the size a backlog gave it
                 return
             eff, _rank, stream, offset, item = heapq.heappop(held)
             self._held_keys.discard((stream, offset))
