@@ -34,6 +34,8 @@ keep the highest version, so a repeat is harmless and nothing is lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,11 +126,13 @@ class FeedbackProcessor:
         self.qualifier = qualifier
         self.config = config or PipelineConfig()
         self.signal_fn = signal_fn
-        # Partition (str) → the clock when its last tick was applied. A restarted worker
-        # starts from the largest: the ticks and events that carried it are committed and
-        # not read again, and with no new input its own clock would stay behind for good.
+        # Partition (str) → the clock when its last tick was applied, or when its input was
+        # last committed (``store_clock``). A restarted worker starts from the largest: the
+        # ticks and events that carried it are committed and not read again, and with no new
+        # input its own clock would stay behind for good.
         self.clocks: Store = {} if clocks is None else clocks
         self.clock = 0
+        self._unstored: set[int] = set()  # partitions whose events moved the clock since
         self._message_due = DueIndex(self.messages)
         self._address_due = DueIndex(self.addresses)
         self._kpis = KpiPartials(kpi_parts)
@@ -140,6 +144,22 @@ class FeedbackProcessor:
         self._message_due.reset()
         self._address_due.reset()
         self._kpis.reset(epoch)
+        self._unstored.clear()
+
+    def store_clock(
+        self, in_partition: Callable[[int], AbstractContextManager[object]] = nullcontext
+    ) -> None:
+        """Store the clock for every partition whose events moved it since the last call
+        (each write inside ``in_partition(partition)``). Call it before each offset
+        commit: a worker killed after committing its last input, before a tick stored
+        the clock, would leave its successor a clock behind that input's signals, which
+        then wait forever for progress no input will bring."""
+        for partition in sorted(self._unstored):
+            key = str(partition)
+            if self.clocks.get(key, 0) < self.clock:
+                with in_partition(partition):
+                    self.clocks[key] = self.clock
+        self._unstored.clear()
 
     def restore_clock(self) -> None:
         """Catch the clock up with the one stored by the ticks of this or earlier workers."""
@@ -170,6 +190,7 @@ class FeedbackProcessor:
         found = None if operator else self._message_or_late(event)
         if not operator:
             self.clock = max(self.clock, event["event_time"])
+            self._unstored.add(partition)
         q = None if operator else qualify_event(self.qualifier, family, event)
         out: list[Output] = []
         if partition not in self._kpis.checked:

@@ -189,12 +189,13 @@ def build_app(settings: Settings) -> Components:
     )
     tail_probe = TailProbe(settings)
     acks = InOrderAcks()
-    flush_before_commit(
-        app,
-        sink,
-        tables,
-        lambda: parts.control.persist(lambda p: writing_partition(signal_topic, p)),
-    )
+    clock_topic = settings.topic(Topic.CLOCK)
+
+    def persist() -> Callable[[], None]:
+        parts.feedback.store_clock(lambda p: writing_partition(clock_topic, p))
+        return parts.control.persist(lambda p: writing_partition(signal_topic, p))
+
+    flush_before_commit(app, sink, tables, persist)
 
     def send_outputs(outputs: list[Output]) -> None:
         for out in outputs:

@@ -1,5 +1,8 @@
 """The pipeline steps over dict state: redelivery, time, KPI reconciliation, retention."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import orjson
 import pytest
 from factories import JAN_2026
@@ -101,6 +104,29 @@ def test_a_restarted_worker_takes_up_the_clock_its_predecessors_stored():
     after.process("send", ev("M2", "relayed", 200), 0, 2)
     after.restore_clock()  # never back
     assert after.clock == JAN_2026 + 200
+
+
+def test_the_clock_is_stored_at_each_commit_for_the_partitions_whose_events_moved_it():
+    """A worker killed once its last input is committed, before a tick stored the clock:
+    the clock its successor restores still covers that input."""
+    clocks: dict[str, int] = {}
+    before = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
+    before.process("send", ev("M1", "relayed", 50), 2, 1)
+    before.process("send", ev("M2", "relayed", 80), 3, 1)
+    written: list[int] = []
+
+    @contextmanager
+    def in_partition(partition: int) -> Iterator[None]:
+        written.append(partition)
+        yield
+
+    before.store_clock(in_partition)
+    assert clocks == {"2": JAN_2026 + 80, "3": JAN_2026 + 80} and written == [2, 3]
+    before.store_clock(in_partition)  # nothing moved since: nothing written
+    assert written == [2, 3]
+    after = FeedbackProcessor({}, {}, {}, default_qualifier(), clocks=clocks)
+    after.restore_clock()
+    assert after.clock == JAN_2026 + 80
 
 
 def test_kpi_partials_are_reconciled_from_the_messages_after_a_crash():
