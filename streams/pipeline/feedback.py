@@ -132,7 +132,8 @@ class FeedbackProcessor:
         # input its own clock would stay behind for good.
         self.clocks: Store = {} if clocks is None else clocks
         self.clock = 0
-        self._unstored: set[int] = set()  # partitions whose events moved the clock since
+        # Partitions whose events moved the clock since the last ``store_clock``.
+        self._unstored: set[int] = set()
         self._message_due = DueIndex(self.messages)
         self._address_due = DueIndex(self.addresses)
         self._kpis = KpiPartials(kpi_parts)

@@ -32,7 +32,7 @@ class InOrderAcks:
         self._entries[id(event)] = entry  # the entry keeps the event, so its id, alive
 
     def done(self, events: list[EventT]) -> None:
-        tps = set()
+        tps: set[TP] = set()
         for event in events:
             entry = self._entries.get(id(event))
             if entry is not None:  # else tracked before a reset: it is read again
