@@ -166,7 +166,7 @@ def test_operator_actions_go_through_the_worker_to_the_topics_and_views(make_set
         without = reference([*before, *after], settings.partitions)
         for kind in ("message", "kpi", "throttle"):
             assert everything[kind] == without[kind], kind
-        assert everything["throttle"]["group:google"]["mode"] == "backoff"
+        assert everything["throttle"]["ip_group:192.0.2.10|google"]["mode"] == "backoff"
 
         store = ViewStore.from_settings(settings)
         views = redis_views(store, {"q1@example.org": 3, "c1@example.org": 2, "z1@example.org": 1})

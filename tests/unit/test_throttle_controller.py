@@ -213,6 +213,21 @@ def test_noisy_signal_at_threshold_does_not_flap():
             assert b.changed_at - a.changed_at >= adjust
 
 
+def test_a_rate_limit_naming_an_ip_lowers_that_ip_alone():
+    loop = Loop()
+    other = "192.0.2.21"
+    for i in range(20):
+        loop.feed(rate_limited(UNALIGNED_2023 + i * 3000, ip=IP))
+    lowered = loop.of(f"ip_group:{IP}|google")
+    assert [s.max_rate_per_hour for s in lowered] == [GOOGLE.max_rate_per_hour.baseline // 2]
+    assert lowered[0].mode == "backoff" and "rate-limit reply" in lowered[0].reason
+    assert loop.of("group:google") == [] and loop.of(f"ip_group:{other}|google") == []
+    # A small domain's IP key adds up every small domain: its own domain key takes it.
+    loop.feed(rate_limited(UNALIGNED_2023, "small.example", "default", ip=IP))
+    assert [s.mode for s in loop.of("domain:small.example")] == ["backoff"]
+    assert loop.of(f"ip_group:{IP}|default") == []
+
+
 def test_automation_set_limit_holds_then_recovers():
     loop = Loop()
     ip = "198.51.100.7"
@@ -223,7 +238,8 @@ def test_automation_set_limit_holds_then_recovers():
     held = by_key[ip_key]
     assert (held.max_rate_per_hour, held.max_connections) == (300, 1)
     assert "microsoft-ip-reputation" in held.reason
-    assert by_key["group:microsoft"].mode == "backoff"  # the block itself
+    # The block names the IP: the IP's key takes it, the other IPs keep the group's limits.
+    assert "group:microsoft" not in by_key
     # Held for 90 min: no increase before, steps after (clean sending goes on).
     for minute in range(1, 90):
         loop.feed(
@@ -241,7 +257,7 @@ def test_yahoo_tss04_shipped_rule_suspends_the_ip():
     q = Qualification("soft", "Refused", 20, "yahoo-tss04", rate_limit=True)
     out = loop.feed(signal(UNALIGNED_2023, "rate_limit", "yahoo.com", "yahoo", IP, reply, q))
     modes = {s.key: s.mode for s in out}
-    assert modes == {f"ip_group:{IP}|yahoo": "suspended", "group:yahoo": "backoff"}
+    assert modes == {f"ip_group:{IP}|yahoo": "suspended"}
 
 
 def test_warmup_caps_new_ip_by_day():

@@ -13,8 +13,12 @@ until its setting differs from what was last published (baseline at first).
 
 Negative feedback (``on_signal``):
 
-- a rate-limit or block signal lowers the group/domain key at once: every limit is
-  multiplied by ``decrease_factor`` (floored, never below min);
+- a rate-limit or block signal lowers a key at once: every limit is multiplied by
+  ``decrease_factor`` (floored, never below min). The key is the sending IP's towards the
+  group when the signal names an IP: providers rate-limit and block per sending IP and
+  say so, and a new or weaker IP must not hold back the others. It is the group/domain
+  key for a signal with no IP, and for the default group (whose IP key adds up every
+  small domain);
 - a reputation record of a key with volume >= ``min_volume`` (attempts; deliveries
   for complaints) whose rate reaches a *suspend* threshold suspends the key for
   ``suspend_s``; one that reaches a *throttle* threshold lowers it as above (not for
@@ -160,7 +164,10 @@ class ThrottleController:
                     st = state(ip_key, "ip_group") if on_ip and ip_key else state(key, scope)
                     self._automate(st, rule, signal.reply, now)
         if signal.outcome in ("rate_limit", "block"):
-            self._negative_signal(state(key, scope), signal, now)
+            if ip_key is not None and signal.group != DEFAULT_GROUP:
+                self._negative_signal(state(ip_key, "ip_group"), signal, now)
+            else:
+                self._negative_signal(state(key, scope), signal, now)
         out = []
         for st in touched.values():
             if st.key in skip:
