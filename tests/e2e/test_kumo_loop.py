@@ -1,9 +1,10 @@
 """The KumoMTA loop end to end: KumoMTA log records posted to ``/publish_log_v1`` as its TSA
 publisher posts them, through a worker, back out of the same service as KumoMTA's TSA API.
-A burst of Yahoo ``[TSS04]`` deferrals lowers the rate in shaping.toml and suspends the
-sending source's site on the websocket and in suspended.json; the ``451 4.4.4 KumoMTA
-internal`` records kumod then logs for the messages it holds change nothing (they quote the
-suspension's reason, [TSS04] included: taken as remote replies, they would lengthen it)."""
+A burst of Yahoo ``[TSS04]`` deferrals from one source suspends that source's site on the
+websocket and in suspended.json, and leaves the other source at Yahoo's limits; the
+``451 4.4.4 KumoMTA internal`` records kumod then logs for the messages it holds change
+nothing (they quote the suspension's reason, [TSS04] included: taken as remote replies,
+they would lengthen it)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def record(
     }
 
 
-def test_a_tss04_burst_lowers_the_rate_and_suspends_and_our_own_holds_change_nothing(
+def test_a_tss04_burst_suspends_its_source_alone_and_our_own_holds_change_nothing(
     make_settings, tmp_path
 ):
     settings = make_settings()
@@ -99,16 +100,16 @@ async def _loop(settings: Settings, base: str) -> None:
         assert item["source"] == "src1"
         assert item["reason"].startswith("mta-feedback ip_group:src1|yahoo: ")
 
-        shaping = await wait_for_shaping(session, base)
-        rates = {s: t["max_message_rate"] for s, t in shaping["yahoo.com"]["sources"].items()}
-        assert set(rates) == {"src1", "src2"}  # the group's setting, every source seen there
-        assert all(int(rate.removesuffix("/h")) < 18000 for rate in rates.values()), rates
         async with session.get(f"{base}/get_suspension_v1/suspended.json") as response:
             assert (await response.json())["ready_q"] == [item]
 
         await settled(settings, store, len(burst))
         before = versions(store)
+        # Yahoo named src1: its key alone changed, and src2 keeps Yahoo's limits.
+        assert set(before) == {"ip_group:src1|yahoo"}
         text_before = await text(session, f"{base}/get_config_v1/shaping.toml")
+        shaping = tomllib.loads(text_before)
+        assert "src2" not in shaping.get("yahoo.com", {}).get("sources", {}), shaping
 
         # What kumod logs for the messages it holds, quoting the suspension's reason.
         held = f"KumoMTA internal: scheduled queue is suspended: {item['reason']}"
@@ -135,17 +136,6 @@ async def text(session: aiohttp.ClientSession, url: str) -> str:
     async with session.get(url) as response:
         assert response.status == 200
         return await response.text()
-
-
-async def wait_for_shaping(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        shaping = tomllib.loads(await text(session, f"{base}/get_config_v1/shaping.toml"))
-        sources = shaping.get("yahoo.com", {}).get("sources", {})
-        if len(sources) == 2 and all("max_message_rate" in s for s in sources.values()):
-            return shaping
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"no lower Yahoo rate in shaping.toml: {shaping}")
 
 
 def versions(store: ViewStore) -> dict[str, int]:
