@@ -140,6 +140,10 @@ class ThrottleController:
                 touched[k] = KeyState.from_dict(st.to_dict()) if k in skip else st
             return touched[k]
 
+        def ip_or_main(on_ip: bool) -> KeyState:
+            """The IP x group key when asked for and the signal names an IP, else the main."""
+            return state(ip_key, "ip_group") if on_ip and ip_key else state(key, scope)
+
         if ip_key and signal.sending_ip in self.warmup_ips:
             state(ip_key, "ip_group")
         if signal.outcome == "delivered":
@@ -160,14 +164,11 @@ class ThrottleController:
         if signal.reply:
             for rule in self.automation:
                 if rule.matches(signal.reply, signal.domain, signal.group):
-                    on_ip = rule.scope == "ip_group" and ip_key is not None
-                    st = state(ip_key, "ip_group") if on_ip and ip_key else state(key, scope)
+                    st = ip_or_main(rule.scope == "ip_group")
                     self._automate(st, rule, signal.reply, now)
         if signal.outcome in ("rate_limit", "block"):
-            if ip_key is not None and signal.group != DEFAULT_GROUP:
-                self._negative_signal(state(ip_key, "ip_group"), signal, now)
-            else:
-                self._negative_signal(state(key, scope), signal, now)
+            # Not the default group's IP key: it adds up every small domain.
+            self._negative_signal(ip_or_main(signal.group != DEFAULT_GROUP), signal, now)
         out = []
         for st in touched.values():
             if st.key in skip:
