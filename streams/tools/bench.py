@@ -13,11 +13,11 @@ In one run, on the same broker and the same events:
    ``--workers N``, N workers in one group, timed once they have all synced the same
    group generation (``bench_group``), their CPU summed;
 5. latency: events produced at 50% (``--latency-load``) of the measured pipeline rate;
-   end-to-end latency is event produced → its message's first status record consumed,
+   end-to-end latency is event produced → its message's first status record written,
    beside the machine's CPU use meanwhile (worker, broker and generator share it);
 6. feedback latency: then 200 (``--feedback-triggers``) rate-limit replies, each for a
    fresh domain, produced 50 ms apart; rate-limit reply produced → its throttle record
-   consumed from the control topic;
+   written to the control topic;
 7. memory, with the table store of MTA_STORE or ``--store`` (printed as ``store``): the
    worker's RSS growth from start-up to after the backlog, once the control step has
    read the signals the backlog made, the output buffers have drained and the worker has given
@@ -155,7 +155,7 @@ def _latency(settings: Settings, rate: float, seconds: float, from_ms: int) -> d
                 while (delay := due - time.monotonic()) > 0:
                     time.sleep(min(delay, 0.01))
                 producer.produce_raw(topic, key, value)
-                sent[mid] = time.monotonic()
+                sent[mid] = time.time()
             busy_after = machine_busy()
         follower.wait_for(set(sent), timeout=120)
     result = figures(sent, follower.seen)
