@@ -80,7 +80,8 @@ def faust_app(settings: Settings) -> faust.App:
     """The Faust application with this project's broker, commit and fetch configuration;
     also the base of the benchmark's bare agent (streams/testing/bare_agent.py)."""
     faust_patches.apply(
-        {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+        {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_client_config()},
+        settings.fetch_max_bytes,
     )
     return faust.App(
         settings.app_id,

@@ -200,6 +200,13 @@ class Settings:
         _int(0, 1000),
         "How long a producer gathers records into one batch per partition (latency vs load)",
     )
+    fetch_max_bytes: int = _var(
+        "MTA_FETCH_MAX_BYTES",
+        1 << 20,
+        _int(64 << 10, 1 << 30),
+        "Most bytes one fetch of a worker asks for, all its partitions together: the records "
+        "a fetch brings stay in memory until the agents have taken them",
+    )
     web_port: int = _var(
         "MTA_WEB_PORT",
         9108,

@@ -67,6 +67,7 @@ def test_guard_passes_on_the_installed_versions(monkeypatch):
 def unpatch_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """Upstream functions everywhere, for a test that calls apply(); restored at its end."""
     monkeypatch.setattr(faust_patches, "_client_config", {})
+    monkeypatch.setattr(faust_patches, "_fetch_max_bytes", faust_patches._fetch_max_bytes)
     for patch in faust_patches.PATCHES:
         use_patch(monkeypatch, patch.name, patched=False)
 
@@ -75,7 +76,8 @@ def test_apply_installs_every_patch_and_can_run_again(monkeypatch):
     monkeypatch.delenv(CHECK_VARIABLE, raising=False)
     unpatch_all(monkeypatch)
     faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"})
-    faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"})  # the guard checks upstream
+    faust_patches.apply({"bootstrap.servers": "127.0.0.1:1"}, 4 << 20)  # guard checks upstream
+    assert faust_patches._fetch_max_bytes == 4 << 20
     targets = [target for patch in faust_patches.PATCHES for target in patch.targets]
     assert all(getattr(t.owner, t.name) is not t.upstream for t in targets)
     assert len({(t.owner, t.name) for t in targets}) == len(targets) == 10
@@ -441,18 +443,21 @@ def test_standby_partitions_with_no_offset_yet_do_not_crash_the_seek(monkeypatch
     assert asyncio.run(seek_standbys_added_by_a_rebalance()) == {A: 41}
 
 
-# -- patch_fetch_max_wait
+# -- patch_worker_fetch
 
 
-async def fetch_max_wait_ms() -> int:
+async def fetch_limits() -> tuple[int, int]:
     app = unstarted_app()
     client = app.consumer._thread._create_worker_consumer(app.transport)
     await client.stop()  # never started
-    return client._fetch_max_wait_ms  # its fetcher's max_wait_time, once started
+    # Its fetcher's max_wait_time and fetch_max_bytes, once started.
+    return client._fetch_max_wait_ms, client._fetch_max_bytes
 
 
-def test_fetch_max_wait_is_50_ms(monkeypatch):
-    use_patch(monkeypatch, "patch_fetch_max_wait", patched=False)
-    assert asyncio.run(fetch_max_wait_ms()) == 1500
-    use_patch(monkeypatch, "patch_fetch_max_wait", patched=True)
-    assert asyncio.run(fetch_max_wait_ms()) == faust_patches.FETCH_MAX_WAIT_MS == 50
+def test_worker_fetches_wait_50_ms_and_ask_for_the_configured_bytes(monkeypatch):
+    use_patch(monkeypatch, "patch_worker_fetch", patched=False)
+    assert asyncio.run(fetch_limits()) == (1500, 50 << 20)
+    monkeypatch.setattr(faust_patches, "_fetch_max_bytes", 256 << 10)
+    use_patch(monkeypatch, "patch_worker_fetch", patched=True)
+    assert asyncio.run(fetch_limits()) == (faust_patches.FETCH_MAX_WAIT_MS, 256 << 10)
+    assert faust_patches.FETCH_MAX_WAIT_MS == 50
