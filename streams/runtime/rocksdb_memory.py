@@ -36,11 +36,23 @@ class SharedBudget:
 
 
 class SharedOptions(RocksDBOptions):
-    """Faust's RocksDB options, with the block cache and memtable budget of ``budget``."""
+    """Faust's RocksDB options, with the block cache and memtable budget of ``budget``, and
+    info logs that roll: RocksDB's own default is one ``LOG`` file per database that grows
+    until the worker restarts (12 MB in 10 minutes for a busy table partition, 80% of the
+    store's bytes on disk), so that at most ``log_files_kept`` older files of
+    ``log_file_bytes`` stay beside it."""
 
-    def __init__(self, budget: SharedBudget, **options: Any) -> None:
+    def __init__(
+        self,
+        budget: SharedBudget,
+        log_file_bytes: int = 1 << 20,
+        log_files_kept: int = 2,
+        **options: Any,
+    ) -> None:
         super().__init__(**options, use_rocksdict=True)
         self.budget = budget
+        self.log_file_bytes = log_file_bytes
+        self.log_files_kept = log_files_kept
 
     def as_options(self) -> Any:
         import rocksdict
@@ -55,6 +67,8 @@ class SharedOptions(RocksDBOptions):
         table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         db_options.set_block_based_table_factory(table)
         db_options.set_write_buffer_manager(self.budget.write_buffers)
+        db_options.set_max_log_file_size(self.log_file_bytes)
+        db_options.set_keep_log_file_num(self.log_files_kept)
         return db_options
 
 

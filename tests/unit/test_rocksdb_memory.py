@@ -29,3 +29,24 @@ def test_databases_share_one_cache_and_it_stays_within_its_capacity(tmp_path: Pa
     assert budget.usage_bytes() <= 8 * MB * 1.1
     for db in dbs:
         db.close()
+
+
+def _log_bytes(path: Path) -> list[int]:
+    return [f.stat().st_size for f in path.iterdir() if f.name.startswith("LOG")]
+
+
+@pytest.mark.parametrize("rolled", [True, False])
+def test_info_logs_roll_and_only_a_few_are_kept(tmp_path: Path, rolled: bool) -> None:
+    budget = SharedBudget(8 * MB, 1 * MB)
+    # Upstream's default: no size limit, one LOG that grows until the database reopens.
+    limits = {"log_file_bytes": 16 << 10, "log_files_kept": 2} if rolled else {"log_file_bytes": 0}
+    db = SharedOptions(budget, **limits).open(tmp_path / "p0")
+    for i in range(300):  # every flush writes a few lines to the info log
+        db[f"{i:08d}".encode()] = b"v"
+        db.flush()
+    db.close()
+    logs = _log_bytes(tmp_path / "p0")
+    if rolled:
+        assert len(logs) <= 3 and all(size <= 32 << 10 for size in logs)
+    else:
+        assert len(logs) == 1 and logs[0] > 3 * (32 << 10)
