@@ -61,7 +61,7 @@ class FirstSeen:
                 # The embedded broker answers a fetch only when its wait is over, and one
                 # whose wait is shorter than its read of a long partition comes back empty,
                 # every time: at 10 ms none of 13,000 status records past offset 45,000 was
-                # seen. The wait no longer counts in the figures (producer timestamps).
+                # seen. The wait is not in the figures: they use producer timestamps.
                 "fetch.wait.max.ms": FETCH_WAIT_MS,
                 **settings.kafka_client_config(),
             }
