@@ -16,7 +16,6 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import EventT
 
 from streams.domain.bounce.qualifier import load_qualifier
 from streams.pipeline.control import ControlProcessor
@@ -33,7 +32,7 @@ from streams.pipeline.records import (
 from streams.pipeline.topics import INPUT_TOPICS, SCHEMA_FILES, TOPICS, Topic, input_streams
 from streams.pipeline.topology import CONTROL, INGEST, KPI, TOPOLOGY, check_handlers
 from streams.runtime import faust_patches, gc_tuning
-from streams.runtime.acks import InOrderAcks
+from streams.runtime.acks import ControlRecord, InOrderAcks
 from streams.runtime.auth import credentials
 from streams.runtime.checkpoint import (
     changelog_via,
@@ -178,7 +177,7 @@ def build_app(settings: Settings) -> Components:
             rules,
             input_streams(settings.partitions),
             table("sequences"),
-            reload=lambda event: orjson.loads(event.message.value),
+            reload=lambda rec: orjson.loads(rec.value),
         ),
         metrics=metrics,
     )
@@ -210,10 +209,10 @@ def build_app(settings: Settings) -> Components:
             value = codec.encode(out.topic, out.value, topic) if avro else json_bytes(out.value)
             sink.produce(topic, out.key.encode(), value)
 
-    def dead_letter(event: EventT, kind: str, reason: str) -> None:
+    def dead_letter(msg: Any, kind: str, reason: str) -> None:
+        """Parks a record (a faust message or a ``ControlRecord``) on the dead-letter topic."""
         parts.dead_letters += 1
         stats.dead_letter(kind)
-        msg = event.message
         log.warning(
             "dead letter from %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, kind, reason
         )
@@ -251,25 +250,24 @@ def build_app(settings: Settings) -> Components:
     def kpi(msg: Any) -> list[Output]:
         return parts.kpi.process(orjson.loads(msg.value), parts.feedback.clock, msg.offset)
 
-    def control(event: EventT) -> list[EventT]:
+    def control(rec: ControlRecord) -> list[ControlRecord]:
         """Takes in a signal or a progress record and sends what the sequencer releases;
         returns the records to acknowledge. A signal's record stays unacknowledged while
         the sequencer holds it, so after a crash it is read again."""
-        msg = event.message
-        data = orjson.loads(msg.value)
+        data = orjson.loads(rec.value)
         claims = progress_claims(data)
         if claims is not None:
-            parts.control.claim(msg.partition, claims)
-            ack = [event]
-        elif not parts.control.add(data, msg.partition, event):
-            return [event]
+            parts.control.claim(rec.partition, claims)
+            ack = [rec]
+        elif not parts.control.add(data, rec.partition, rec):
+            return [rec]
         else:
             ack = []
-        released = parts.control.release(msg.partition)
-        metrics.released(token.message.timestamp for token in released.tokens)
+        released = parts.control.release(rec.partition)
+        metrics.released(token.timestamp for token in released.tokens)
         send_outputs(released.outputs)
         for held, exc in released.failed:
-            log.error("control failed at %s@%s: %r", held.message.tp, held.message.offset, exc)
+            log.error("control failed at %s@%s: %r", held.tp, held.offset, exc)
             dead_letter(held, "processing", f"{type(exc).__name__}: {exc}"[:1000])
         return ack + released.tokens + [held for held, _exc in released.failed]
 
@@ -279,26 +277,26 @@ def build_app(settings: Settings) -> Components:
                 try:
                     send_outputs(step(event.message))
                 except DecodeError as exc:
-                    dead_letter(event, exc.kind, exc.reason)
+                    dead_letter(event.message, exc.kind, exc.reason)
                 except LateEvent as exc:
-                    dead_letter(event, exc.kind, str(exc))
+                    dead_letter(event.message, exc.kind, str(exc))
                 except Exception as exc:  # a bug must not stop the stream: park the record
                     msg = event.message
                     log.exception("%s failed at %s@%s", name, msg.tp, msg.offset)
-                    dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+                    dead_letter(msg, "processing", f"{type(exc).__name__}: {exc}"[:1000])
 
         return run
 
     async def run_control(stream: faust.StreamT) -> None:
         async for event in stream.noack().events():
-            acks.track(event)
+            rec = ControlRecord(event)  # the event itself is not kept (see ControlRecord)
+            acks.track(rec)
             try:
-                done = control(event)
+                done = control(rec)
             except Exception as exc:  # malformed, never held: park the record
-                msg = event.message
-                log.exception("control failed at %s@%s", msg.tp, msg.offset)
-                dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:1000])
-                done = [event]
+                log.exception("control failed at %s@%s", rec.tp, rec.offset)
+                dead_letter(rec, "processing", f"{type(exc).__name__}: {exc}"[:1000])
+                done = [rec]
             acks.done(done)
 
     runners: dict[str, Runner] = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,20 +11,17 @@ from streams.runtime.acks import InOrderAcks
 TP0, TP1 = TP("signal", 0), TP("signal", 1)
 
 
-@dataclass(frozen=True)
-class Message:
-    tp: TP
-    offset: int
+class Record:
+    """A record as the control agent keeps it (``ControlRecord``): its partition, offset
+    and acknowledgement."""
 
-
-class Event:
     def __init__(self, tp: TP, offset: int, acked: list[tuple[TP, int]]) -> None:
-        self.message = Message(tp, offset)
+        self.tp, self.offset = tp, offset
         self._acked = acked
         self.acked = False
 
     def ack(self) -> bool:
-        self._acked.append((self.message.tp, self.message.offset))
+        self._acked.append((self.tp, self.offset))
         self.acked = True
         return True
 
@@ -34,7 +29,7 @@ class Event:
 def test_a_record_done_after_a_held_one_waits_for_it():
     acked: list[tuple[TP, int]] = []
     acks = InOrderAcks()
-    held, progress, other = Event(TP0, 3, acked), Event(TP0, 4, acked), Event(TP1, 9, acked)
+    held, progress, other = Record(TP0, 3, acked), Record(TP0, 4, acked), Record(TP1, 9, acked)
     for event in (held, progress, other):
         acks.track(event)
     acks.done([progress, other])
@@ -46,10 +41,10 @@ def test_a_record_done_after_a_held_one_waits_for_it():
 def test_after_a_rebalance_nothing_from_before_is_acknowledged():
     acked: list[tuple[TP, int]] = []
     acks = InOrderAcks()
-    old = Event(TP0, 3, acked)
+    old = Record(TP0, 3, acked)
     acks.track(old)
     acks.reset()
-    new = Event(TP0, 3, acked)  # read again
+    new = Record(TP0, 3, acked)  # read again
     acks.track(new)
     acks.done([new])
     assert new.acked and not old.acked
@@ -58,10 +53,10 @@ def test_after_a_rebalance_nothing_from_before_is_acknowledged():
 def test_a_reading_from_before_a_rebalance_done_late_does_not_mark_the_new_one_done():
     acked: list[tuple[TP, int]] = []
     acks = InOrderAcks()
-    old = Event(TP0, 3, acked)
+    old = Record(TP0, 3, acked)
     acks.track(old)
     acks.reset()
-    new, after = Event(TP0, 3, acked), Event(TP0, 4, acked)  # read again, still held
+    new, after = Record(TP0, 3, acked), Record(TP0, 4, acked)  # read again, still held
     acks.track(new)
     acks.track(after)
     acks.done([old, after])
@@ -74,13 +69,13 @@ def test_a_reading_from_before_a_rebalance_done_late_does_not_mark_the_new_one_d
 def test_acknowledgements_are_a_growing_prefix_whatever_the_order_done(order):
     acked: list[tuple[TP, int]] = []
     acks = InOrderAcks()
-    events = [Event(TP0, 100 + i, acked) for i in range(12)]
+    events = [Record(TP0, 100 + i, acked) for i in range(12)]
     for event in events:
         acks.track(event)
     for i in order:
         acks.done([events[i]])
         assert [offset for _tp, offset in acked] == list(range(100, 100 + len(acked)))
-        assert {events[j].message.offset for j in order[: order.index(i) + 1]} >= {
+        assert {events[j].offset for j in order[: order.index(i) + 1]} >= {
             offset for _tp, offset in acked
         }
     assert len(acked) == 12
