@@ -47,9 +47,7 @@ class ControlRecord:
         self._consumer = event.app.consumer
 
     def ack(self) -> bool:
-        if self.acked:
-            return False
-        return bool(self._consumer.ack(self))
+        return bool(self._consumer.ack(self))  # False once acknowledged: it checks ``acked``
 
 
 class Ackable(Protocol):

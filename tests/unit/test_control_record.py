@@ -47,7 +47,7 @@ def test_acknowledged_in_the_consumer_as_its_event_would_be(app: faust.App) -> N
     assert list(consumer._acked[TP0]) == [5, 6]
 
 
-def test_not_counted_once_unacknowledged_and_tracked(app: faust.App) -> None:
+def test_leaves_the_consumers_unacknowledged_records_once_acknowledged(app: faust.App) -> None:
     consumer = app.consumer
     rec = ControlRecord(_event(app, 7))
     consumer._unacked_messages.add(rec)  # as faust tracks a message read
